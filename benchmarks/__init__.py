@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<name> [--quick] [--out DIR]`, or `scoresde bench <name>`."""
