@@ -8,12 +8,14 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 # numpy's BLAS threads fight torch's on small machines (3-40x slowdowns seen): pin before numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+
+from scoresde._report import fmt, markdown_table  # noqa: E402,F401  (re-exported for the scripts)
 
 DEFAULT_OUT = Path("benchmarks") / "results"
 
@@ -54,23 +56,6 @@ def peak_memory_mb(device: torch.device | str) -> float:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return peak_rss_mb()
-
-
-def fmt(v: object) -> str:
-    if isinstance(v, float):
-        if v == 0 or 1e-3 <= abs(v) < 1e4:
-            return f"{v:.4g}"
-        return f"{v:.3e}"
-    return str(v)
-
-
-def markdown_table(rows: Sequence[Mapping[str, object]], columns: Iterable[str] | None = None) -> str:
-    if not rows:
-        return "(no rows)\n"
-    cols = list(columns) if columns is not None else list(rows[0].keys())
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def write_results(out: Path, name: str, rows: Sequence[Mapping[str, object]], meta: Mapping[str, object] | None = None) -> str:

@@ -1,0 +1,215 @@
+"""`scoresde demo`: the whole toolkit in a few minutes on a CPU, checked against the exact truth.
+
+Trains a small MLP score model on the 2-D 8-mode ring (VP SDE), samples with
+several solvers at a few step counts — each also driven by the ring's exact
+score, so model error and solver error can be told apart — computes bits/dim on
+held-out points next to the true value, and writes `report.md` with pictures.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import metrics
+from ._report import markdown_table
+from .oracle import ring8
+from .plotting import image_grid, quality_vs_nfe, scatter_panels
+from .sde import VPSDE
+
+
+class CountingScore:
+    """Wraps a score function and counts its evaluations (a Python int: no device sync)."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        return self.fn(x, t)
+
+
+# (label, sampler name, steps, options): the solvers the demo compares.
+SOLVERS = [
+    ("euler_maruyama", "euler_maruyama", (20, 100, 500), {}),
+    ("pc (reverse diffusion + Langevin)", "pc", (20, 100, 250), {"predictor": "reverse_diffusion", "corrector": "langevin"}),
+    ("ode (dopri5)", "ode", (None,), {}),
+    ("ode (rk4)", "ode", (5, 10, 25), {"method": "rk4"}),
+    ("dpm_solver", "dpm_solver", (5, 10, 20), {}),
+]
+QUICK_SOLVERS = [
+    ("euler_maruyama", "euler_maruyama", (20, 200), {}),
+    ("pc (reverse diffusion + Langevin)", "pc", (20, 100), {"predictor": "reverse_diffusion", "corrector": "langevin"}),
+    ("ode (dopri5)", "ode", (None,), {}),
+    ("dpm_solver", "dpm_solver", (5, 10, 20), {}),
+]
+
+
+def _sample(sde, score_fn, n, name, steps, options, generator, device):
+    from .samplers import sample
+
+    counter = CountingScore(score_fn)
+    kw = dict(options)
+    if steps is not None:
+        kw["steps"] = steps
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x = sample(sde, counter, (n, 2), sampler=name, generator=generator, device=device, **kw)
+    return x, counter.calls, time.perf_counter() - t0
+
+
+def run_demo(
+    out: Path = Path("scoresde-demo"),
+    *,
+    quick: bool = False,
+    digits: bool = False,
+    device: Optional[str] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Run the demo into `out` and return the path of its `report.md`."""
+    from .likelihood import bits_per_dim, log_likelihood
+    from .train import TrainConfig, load, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    mix, sde_truth = ring8(), VPSDE()
+    lines = ["# scoresde demo", ""]
+    t_start = time.perf_counter()
+
+    # 1. train
+    steps = 2000 if quick else 6000
+    config = TrainConfig(data="ring", sde="vp", steps=steps, batch_size=512, out=str(out / "run"), device=device, seed=seed)
+    t0 = time.perf_counter()
+    run_dir = train(config, resume=False, progress=progress)
+    train_s = time.perf_counter() - t0
+    model, sde = load(run_dir, device=device)
+    lines += [
+        "## 1. Training",
+        "",
+        f"An MLP score model (`eps` parameterisation) trained on the 8-mode ring with the VP SDE for {steps} steps "
+        f"of batch 512 in {train_s:.0f} s on `{device}` (run folder `{Path(run_dir).name}/`, config in its checkpoint).",
+        "",
+    ]
+
+    # 2. sample with several solvers: the trained model and the exact score
+    n = 2000 if quick else 5000
+    g = torch.Generator().manual_seed(seed + 1)
+    data = mix.sample(n, generator=g).to(device)
+    floor = metrics.mmd2(mix.sample(n, generator=g).to(device), data)
+    exact = mix.score_fn(sde_truth)
+    rows, panels = [], {"data": data}
+    curves_model, curves_exact = {}, {}
+    for label, name, step_list, options in QUICK_SOLVERS if quick else SOLVERS:
+        for st in step_list:
+            for which, fn in (("model", model), ("exact score", exact)):
+                gen = torch.Generator(device=device).manual_seed(seed + 2)
+                x, nfe, secs = _sample(sde, fn, n, name, st, options, gen, device)
+                mmd = metrics.mmd2(x, data)
+                row = {
+                    "solver": label,
+                    "steps": st if st is not None else "adaptive",
+                    "score": which,
+                    "NFE": nfe,
+                    "MMD²": float(mmd.value),
+                    "± se": float(mmd.stderr),
+                    "sliced W2": float(metrics.sliced_w2(x, data)),
+                    "mode TV": float(metrics.mode_tv(x, mix)),
+                    "seconds": secs,
+                }
+                rows.append(row)
+                (curves_model if which == "model" else curves_exact).setdefault(label, []).append((nfe, max(row["MMD²"], 1e-6)))
+                if which == "model" and st == step_list[-1]:
+                    panels[f"{label}, NFE {nfe}"] = x
+    scatter_panels(panels, out / "samples.png", reference=data, ncols=3)
+    quality_vs_nfe(curves_model, out / "quality_vs_nfe_model.png", title="trained model: MMD² to data vs NFE", floor=max(float(floor.stderr), 1e-6))
+    quality_vs_nfe(curves_exact, out / "quality_vs_nfe_exact.png", title="exact score: MMD² to data vs NFE", floor=max(float(floor.stderr), 1e-6))
+    lines += [
+        "## 2. Sampling",
+        "",
+        f"{n} samples per run, compared with {n} fresh data points. MMD² is the unbiased kernel MMD² "
+        f"(0 in expectation when the laws agree; two independent data sets give {float(floor.value):.2e} ± {float(floor.stderr):.1e}). "
+        "Each solver is run with the trained model and with the ring's exact score: the second isolates the solver's own error.",
+        "",
+        "![samples](samples.png)",
+        "",
+        "| trained model | exact score |",
+        "|---|---|",
+        "| ![](quality_vs_nfe_model.png) | ![](quality_vs_nfe_exact.png) |",
+        "",
+        markdown_table(rows),
+    ]
+
+    # 3. likelihood on held-out points, next to the truth
+    n_lik = 200 if quick else 500
+    x_test = mix.sample(n_lik, generator=torch.Generator().manual_seed(seed + 3)).to(device)
+    true_bpd = bits_per_dim(mix.log_prob(x_test), 2)
+    res_model = log_likelihood(sde, model, x_test, divergence="exact")
+    res_exact = log_likelihood(sde_truth, exact, x_test, divergence="exact")
+    bpd_model, bpd_exact = bits_per_dim(res_model.logp, 2), bits_per_dim(res_exact.logp, 2)
+
+    def ms(v: Tensor) -> str:
+        return f"{float(v.mean()):.4f} ± {float(v.std() / math.sqrt(len(v))):.4f}"
+
+    lines += [
+        "## 3. Likelihood (bits/dim, probability-flow ODE, exact divergence, dopri5 rtol=atol=1e-5)",
+        "",
+        f"On {n_lik} held-out points of the ring:",
+        "",
+        "| | bits/dim | NFE |",
+        "|---|---|---|",
+        f"| true density log p₀ (closed form) | {ms(true_bpd)} | – |",
+        f"| ODE likelihood, exact score | {ms(bpd_exact)} | {res_exact.nfe} |",
+        f"| ODE likelihood, trained model | {ms(bpd_model)} | {res_model.nfe} |",
+        "",
+        f"Mean |error| of the exact-score ODE likelihood against the truth: {float((bpd_exact - true_bpd).abs().mean()):.2e} bits/dim "
+        "(solver error alone); the trained model's gap is its modelling error.",
+        "",
+    ]
+
+    if digits:
+        lines += _digits_section(out, quick=quick, device=device, seed=seed, progress=progress)
+
+    lines += [f"Total time: {time.perf_counter() - t_start:.0f} s.", ""]
+    report = out / "report.md"
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(report)
+    return report
+
+
+def _digits_section(out: Path, *, quick: bool, device: str, seed: int, progress: bool) -> list[str]:
+    from .likelihood import bits_per_dim, log_likelihood
+    from .data import load_dataset
+    from .samplers import sample
+    from .train import TrainConfig, load, train
+
+    steps = 1500 if quick else 6000
+    config = TrainConfig(data="digits", sde="vp", steps=steps, batch_size=128, out=str(out / "digits-run"), device=device, seed=seed)
+    t0 = time.perf_counter()
+    run_dir = train(config, resume=False, progress=progress)
+    secs = time.perf_counter() - t0
+    model, sde = load(run_dir, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        x = sample(sde, model, (64, 1, 8, 8), sampler="dpm_solver", steps=20, generator=gen, device=device)
+    image_grid(x, out / "digits.png", title="digits, dpm_solver, 20 steps")
+    _, test = load_dataset("digits")
+    test = test[:200].to(device)
+    res = log_likelihood(sde, model, test, divergence="hutchinson", generator=torch.Generator(device=device).manual_seed(seed))
+    bpd = bits_per_dim(res.logp, test.shape[1:])
+    return [
+        "## 4. Digits (8x8)",
+        "",
+        f"A U-Net trained for {steps} steps ({secs:.0f} s). Test bits/dim (Hutchinson, 200 images, in the [-1, 1] scaling "
+        f"of the data, no dequantisation offset): {float(bpd.mean()):.3f} ± {float(bpd.std() / math.sqrt(len(bpd))):.3f}.",
+        "",
+        "![digits](digits.png)",
+        "",
+    ]
