@@ -1,0 +1,123 @@
+"""`ScoreModel`: the thin wrapper (in the manner of EDM's preconditioning) that turns a raw network into a score.
+
+For any linear SDE with transition `x_t = m(t) x₀ + σ(t) ε`, the network sees
+`c_in x_t` with `c_in = 1/√(m² σ_data² + σ²)` (unit-variance input at every `t`)
+and the noise-level input `c_noise = log(σ/m)` (minus the half log-SNR, which
+is what sets the difficulty of denoising, whatever the SDE), and its output is
+read according to `parameterization`:
+
+- `"eps"`:   `net ≈ ε`,            score `= -net / σ`
+- `"score"`: `net ≈ ∇ log p_t`,    score `= net`
+- `"x0"`:    `net ≈ E[x₀ | x_t]`,  score `= (m net - x_t) / σ²`  (Tweedie)
+- `"v"`:     `net ≈ α ε - β x₀/σ_data`, score `= -(β c_in x_t + α net) / σ`, `α = m σ_data c_in`, `β = σ c_in`
+
+Only `marginal_coefs` of the SDE is used, so every `LinearSDE` works.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import TimeLike, append_dims, batch_time, trusted
+
+PARAMETERIZATIONS = ("eps", "score", "x0", "v")
+
+__all__ = ["ScoreModel", "PARAMETERIZATIONS"]
+
+
+class ScoreModel(nn.Module):
+    """`s_θ(x, t) = read_out(net(c_in(t) x, c_noise(t)), x, t)`: a raw network as a score function of a linear SDE.
+
+    `model(x, t, labels=None)` returns a tensor shaped like `x`; `t` is `(B,)` or
+    a float. `sigma_data` is the data's per-coordinate std (it only scales the
+    network's input); `event_shape` is the sample shape the model was trained on
+    (used by `sample` on the command line)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sde,
+        parameterization: str = "eps",
+        *,
+        sigma_data: float = 1.0,
+        event_shape: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        if not hasattr(sde, "marginal_coefs"):
+            raise TypeError(f"sde must be a LinearSDE (with marginal_coefs), got {type(sde).__name__}")
+        if not callable(net):
+            raise TypeError(f"net must be callable, got {type(net).__name__}")
+        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
+            raise ValueError(f"sigma_data must be positive and finite, got {sigma_data!r}")
+        self.net = net
+        self.sde = sde
+        self.parameterization = parameterization
+        self.sigma_data = float(sigma_data)
+        self.event_shape = tuple(int(s) for s in event_shape) if event_shape is not None else None
+
+    def extra_repr(self) -> str:
+        return f"sde={self.sde!r}, parameterization={self.parameterization!r}, sigma_data={self.sigma_data:.4g}, event_shape={self.event_shape}"
+
+    def preconditioning(self, t: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`(m, σ, c_in, c_noise)` at `t`, each `(B,)`."""
+        m, std = self.sde.marginal_coefs(t)
+        c_in = torch.rsqrt(m * m * self.sigma_data**2 + std * std)
+        # log σ is -inf at t = 0 exactly; clamp so the network input stays finite there.
+        c_noise = torch.log(std.clamp_min(torch.finfo(std.dtype).tiny ** 0.5)) - torch.log(m)
+        return m, std, c_in, c_noise
+
+    def forward(self, x: Tensor, t: TimeLike, labels: Optional[Tensor] = None) -> Tensor:
+        t = batch_time(t, x.shape[0], x)
+        with trusted():  # the caller (sampler, loss) owns validation of t
+            m, std, c_in, c_noise = self.preconditioning(t)
+        out = self.net(x * append_dims(c_in, x.ndim), c_noise, labels) if labels is not None else self.net(x * append_dims(c_in, x.ndim), c_noise)
+        return self.output_to_score(out.to(x.dtype), x, m, std, c_in)
+
+    def output_to_score(self, out: Tensor, x: Tensor, m: Tensor, std: Tensor, c_in: Tensor) -> Tensor:
+        """Read the network output as a score, for the chosen parameterization."""
+        nd = x.ndim
+        if self.parameterization == "eps":
+            return -out / append_dims(std, nd)
+        if self.parameterization == "score":
+            return out
+        if self.parameterization == "x0":
+            return (append_dims(m, nd) * out - x) / append_dims(std * std, nd)
+        alpha, beta = self._v_coefs(m, std, c_in)
+        # With x̃ = c_in x_t = α x₀/σ_data + β ε and α² + β² = 1, the noise is ε = β x̃ + α v.
+        eps = append_dims(beta, nd) * x * append_dims(c_in, nd) + append_dims(alpha, nd) * out
+        return -eps / append_dims(std, nd)
+
+    def _v_coefs(self, m: Tensor, std: Tensor, c_in: Tensor) -> Tuple[Tensor, Tensor]:
+        """`α = m σ_data c_in`, `β = σ c_in` (so `α² + β² = 1`, `x̃ = c_in x_t = α x₀/σ_data + β ε`); `v = α ε - β x₀/σ_data`."""
+        return m * self.sigma_data * c_in, std * c_in
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the network should output for `x_t = m x₀ + σ ε` (for tests and custom losses)."""
+        with trusted():
+            m, std, c_in, _ = self.preconditioning(batch_time(t, x0.shape[0], x0))
+        nd = x0.ndim
+        if self.parameterization == "eps":
+            return noise
+        if self.parameterization == "score":
+            return -noise / append_dims(std, nd)
+        if self.parameterization == "x0":
+            return x0
+        alpha, beta = self._v_coefs(m, std, c_in)
+        return append_dims(alpha, nd) * noise - append_dims(beta, nd) * x0 / self.sigma_data
+
+    def config(self) -> Dict[str, Any]:
+        """A plain description (network config, parameterization, sigma_data, event_shape) that `load` rebuilds from."""
+        from .nets import net_config
+
+        return {
+            "net": dict(net_config(self.net)),
+            "parameterization": self.parameterization,
+            "sigma_data": self.sigma_data,
+            "event_shape": list(self.event_shape) if self.event_shape is not None else None,
+        }
