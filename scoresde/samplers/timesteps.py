@@ -1,0 +1,85 @@
+"""Time grids for the samplers: `(steps + 1,)` tensors decreasing from `T` to `eps`.
+
+The grid belongs to the sampler call, never to the SDE. Grids other than
+`uniform` are defined in the log-SNR variable `λ(t) = log m(t) - log σ(t)` of
+a `LinearSDE` and mapped back with `sde.t_from_half_log_snr`, so they work
+unchanged on a user's new SDE.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import Tensor
+
+from ..sde import SDE, LinearSDE
+
+__all__ = ["uniform", "log_snr", "edm", "time_quadratic", "get_timesteps", "TIMESTEPS"]
+
+
+def _finish(t: Tensor, sde: SDE, eps: float, ref: Tensor) -> Tensor:
+    # Pin the ends exactly: inverting λ numerically must not move the start off T or the end off eps.
+    t = t.clone()
+    t[0], t[-1] = sde.T, eps
+    return t.to(device=ref.device, dtype=ref.dtype)
+
+
+def _f64(ref: Tensor) -> dict:
+    return dict(device=ref.device, dtype=torch.float64)
+
+
+def uniform(sde: SDE, steps: int, eps: float, ref: Tensor) -> Tensor:
+    """Uniform in time, `t_i = T + i/N (eps - T)` (Song et al. 2021)."""
+    return _finish(torch.linspace(sde.T, eps, steps + 1, **_f64(ref)), sde, eps, ref)
+
+
+def time_quadratic(sde: SDE, steps: int, eps: float, ref: Tensor) -> Tensor:
+    """Uniform in `√t` (DPM-Solver's "time_quadratic"): finer steps near the data."""
+    s = torch.linspace(sde.T**0.5, eps**0.5, steps + 1, **_f64(ref))
+    return _finish(s * s, sde, eps, ref)
+
+
+def _lambda_ends(sde: LinearSDE, eps: float, ref: Tensor):
+    ends = torch.tensor([sde.T, eps], **_f64(ref))
+    lam = sde.half_log_snr(ends)
+    return lam[0], lam[1]
+
+
+def log_snr(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
+    """Uniform in half-log-SNR `λ` (DPM-Solver's "logSNR" grid; Lu et al. 2022)."""
+    lam_T, lam_eps = _lambda_ends(sde, eps, ref)
+    lam = torch.linspace(0, 1, steps + 1, **_f64(ref)) * (lam_eps - lam_T) + lam_T
+    return _finish(sde.t_from_half_log_snr(lam), sde, eps, ref)
+
+
+def edm(sde: LinearSDE, steps: int, eps: float, ref: Tensor, rho: float = 7.0) -> Tensor:
+    """Karras et al. 2022's grid in `σ = e^{-λ}` (std over scale): `σ_i = (σ_max^{1/ρ} + i/N (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ`."""
+    lam_T, lam_eps = _lambda_ends(sde, eps, ref)
+    a, b = torch.exp(-lam_T / rho), torch.exp(-lam_eps / rho)
+    sigma = (a + torch.linspace(0, 1, steps + 1, **_f64(ref)) * (b - a)) ** rho
+    return _finish(sde.t_from_half_log_snr(-sigma.log()), sde, eps, ref)
+
+
+TIMESTEPS = {"uniform": uniform, "time_quadratic": time_quadratic, "log_snr": log_snr, "edm": edm}
+
+TimestepSpec = Union[str, Tensor, Callable[[SDE, int, float, Tensor], Tensor]]
+
+
+def get_timesteps(spec: TimestepSpec, sde: SDE, steps: int, eps: float, ref: Tensor) -> Tensor:
+    """A grid from a name in `TIMESTEPS`, a callable `(sde, steps, eps, ref) -> ts`, or an explicit decreasing tensor."""
+    if isinstance(spec, Tensor):
+        ts = spec.to(device=ref.device, dtype=ref.dtype)
+    elif callable(spec):
+        ts = spec(sde, steps, eps, ref)
+    elif isinstance(spec, str):
+        if spec not in TIMESTEPS:
+            raise ValueError(f"timesteps must be one of {sorted(TIMESTEPS)}, a callable or a tensor; got {spec!r}")
+        if spec != "uniform" and spec != "time_quadratic" and not isinstance(sde, LinearSDE):
+            raise TypeError(f"timesteps={spec!r} needs a LinearSDE (log-SNR); sde is a {type(sde).__name__}")
+        ts = TIMESTEPS[spec](sde, steps, eps, ref)
+    else:
+        raise TypeError(f"timesteps must be a name, a callable or a tensor, got {type(spec).__name__}")
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"timesteps must be a 1-D tensor of at least 2 times, got shape {tuple(ts.shape)}")
+    return ts
