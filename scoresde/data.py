@@ -1,0 +1,202 @@
+"""Training data: 2-D toy sets, scikit-learn's 8x8 digits, `.npz`/`.npy` arrays and folders of images.
+
+`load_dataset(spec) -> (train, test)` gives two float32 tensors, batch first.
+`load_data(spec)` gives the same plus labels and the quantisation step of
+discrete data (the trainer re-draws the uniform dequantisation noise at every
+step from the `train_raw` values; the test split is dequantised once, with a
+fixed seed, so its bits/dim are those of a continuous density).
+
+Specs: `ring` (the oracle's 8-mode ring, `scoresde.oracle.ring8`, so a trained
+model can be compared with the exact truth), `checkerboard`, `moons`,
+`swissroll`, `digits` (needs scikit-learn), `FILE.npz` (one array, or the one
+named `x`), `FILE.npy`, or a folder of images (needs Pillow). Integer
+(`uint8`) arrays and images are taken as 8-bit values and mapped to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+TOY = ("ring", "checkerboard", "moons", "swissroll")
+BUILTIN = TOY + ("digits",)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+__all__ = ["Data", "load_data", "load_dataset", "toy_sample", "BUILTIN", "TOY"]
+
+
+@dataclass(frozen=True)
+class Data:
+    """A train/test split. `train` is dequantised once like `test`; `train_raw` holds the bin left edges of
+    quantised data (`step` is the bin width in the [-1, 1] scale, None for continuous data)."""
+
+    train: Tensor
+    test: Tensor
+    train_labels: Optional[Tensor] = None
+    test_labels: Optional[Tensor] = None
+    step: Optional[float] = None
+    train_raw: Optional[Tensor] = None
+    num_classes: int = 0
+
+
+# -- toy sets -----------------------------------------------------------------------
+
+
+def toy_sample(name: str, n: int, *, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`n` points of a 2-D toy set, shape `(n, 2)`, roughly within [-2.5, 2.5]²."""
+    g = generator
+    if name == "ring":
+        from .oracle import ring8
+
+        return ring8().sample(n, generator=g, dtype=dtype)
+    r = lambda *s: torch.rand(s, generator=g, dtype=dtype)  # noqa: E731
+    z = lambda *s: torch.randn(s, generator=g, dtype=dtype)  # noqa: E731
+    if name == "checkerboard":
+        # 4x4 board on [-2, 2]², every other square filled.
+        x1 = r(n) * 4 - 2
+        x2 = r(n) - 2 * torch.randint(0, 2, (n,), generator=g).to(dtype) + torch.floor(x1).remainder(2)
+        return torch.stack([x1, x2], 1)
+    if name == "moons":
+        a = r(n) * math.pi
+        upper = torch.rand(n, generator=g) < 0.5
+        x = torch.where(upper, a.cos(), 1 - a.cos())
+        y = torch.where(upper, a.sin(), 0.5 - a.sin())
+        return (torch.stack([x, y], 1) - torch.tensor([0.5, 0.25], dtype=dtype)) * 1.6 + 0.08 * z(n, 2)
+    if name == "swissroll":
+        a = 1.5 * math.pi * (1 + 2 * r(n))
+        return torch.stack([a * a.cos(), a * a.sin()], 1) / 6.0 + 0.05 * z(n, 2)
+    raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY)}")
+
+
+def _split(x: Tensor, test_fraction: float, seed: int, labels: Optional[Tensor] = None):
+    n = x.shape[0]
+    n_test = max(1, int(round(n * test_fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    te, tr = perm[:n_test], perm[n_test:]
+    ys = (labels[tr], labels[te]) if labels is not None else (None, None)
+    return x[tr], x[te], ys[0], ys[1]
+
+
+def _check_array(x: Tensor, where: str) -> Tensor:
+    if x.ndim < 2:
+        raise ValueError(f"{where}: data must be at least 2-D (batch first, e.g. (N, D) or (N, C, H, W)), got shape {tuple(x.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"{where}: need at least 2 samples (for a train/test split), got {x.shape[0]}")
+    if x.numel() == 0:
+        raise ValueError(f"{where}: data is empty (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{where}: data contains NaN or inf")
+    return x
+
+
+def _quantised(values: Tensor, levels: int, seed: int, test_fraction: float, labels=None, num_classes: int = 0) -> Data:
+    """Integer values in [0, levels): `x = 2 (v + u)/levels - 1`, `u ~ U[0, 1)`, bin width `2/levels`."""
+    raw = values.to(torch.float32) * (2.0 / levels) - 1.0
+    tr, te, ytr, yte = _split(raw, test_fraction, seed, labels)
+    step = 2.0 / levels
+    g = torch.Generator().manual_seed(seed + 1)
+    deq = lambda a: a + step * torch.rand(a.shape, generator=g)  # noqa: E731
+    return Data(deq(tr), deq(te), ytr, yte, step, tr, num_classes)
+
+
+def _digits(seed: int, test_fraction: float) -> Data:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn (or scoresde[data])") from None
+    d = load_digits()
+    values = torch.as_tensor(d.images, dtype=torch.float32).reshape(-1, 1, 8, 8)  # integers 0..16
+    return _quantised(values, 17, seed, test_fraction, torch.as_tensor(d.target, dtype=torch.long), 10)
+
+
+def _from_array(a: np.ndarray, where: str, seed: int, test_fraction: float) -> Data:
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ValueError(f"{where}: expected a numeric array, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.integer):
+        x = _check_array(torch.as_tensor(a.astype(np.int64)), where)
+        if int(x.min()) < 0 or int(x.max()) > 255:
+            raise ValueError(f"{where}: integer data must be 8-bit values in [0, 255], got range [{int(x.min())}, {int(x.max())}]")
+        return _quantised(x, 256, seed, test_fraction)
+    x = _check_array(torch.as_tensor(a.astype(np.float32)), where)
+    tr, te, _, _ = _split(x, test_fraction, seed)
+    return Data(tr, te)
+
+
+def _load_file(path: Path, seed: int, test_fraction: float) -> Data:
+    where = str(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if "x" in keys:
+                    a = z["x"]
+                elif len(keys) == 1:
+                    a = z[keys[0]]
+                else:
+                    raise ValueError(f"{where}: an .npz must hold one array or one named 'x', found {keys or 'none'}")
+        else:
+            a = np.load(path, allow_pickle=False)
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{where}: cannot read the array ({e})") from None
+    return _from_array(a, where, seed, test_fraction)
+
+
+def _load_images(folder: Path, seed: int, test_fraction: float) -> Data:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("image folders need Pillow: pip install pillow (or scoresde[data])") from None
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    imgs = []
+    for p in files:
+        with Image.open(p) as im:
+            imgs.append(im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy())
+    mode = "RGB" if any(im.mode == "RGB" for im in imgs) else "L"
+    arrs = [np.asarray(im.convert(mode)) for im in imgs]
+    sizes = {a.shape[:2] for a in arrs}
+    if len(sizes) > 1:
+        raise ValueError(f"{folder}: images must all have the same size, found {sorted(sizes)[:4]}")
+    x = np.stack(arrs)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
+    return _from_array(x, str(folder), seed, test_fraction)
+
+
+def load_data(spec: str, *, n_train: Optional[int] = None, n_test: Optional[int] = None, seed: int = 0, test_fraction: float = 0.1) -> Data:
+    """Load `spec` (a built-in name, a `.npz`/`.npy` file or an image folder) as a fixed train/test `Data` split.
+
+    Toy sets draw `n_train` (default 50 000) and `n_test` (default 5 000) points
+    from seeded generators; everything else is split by a seeded permutation."""
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"data must be a name or a path, got {type(spec).__name__}")
+    if not (0 < test_fraction < 1):
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    s = str(spec)
+    if s in TOY:
+        n_train, n_test = n_train or 50_000, n_test or 5_000
+        tr = toy_sample(s, n_train, generator=torch.Generator().manual_seed(seed))
+        te = toy_sample(s, n_test, generator=torch.Generator().manual_seed(seed + 10_000))
+        return Data(tr, te)
+    if s == "digits":
+        return _digits(seed, test_fraction)
+    path = Path(s).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data {s!r} is neither a built-in set ({', '.join(BUILTIN)}) nor an existing file or folder")
+    if path.is_dir():
+        return _load_images(path, seed, test_fraction)
+    if path.suffix not in (".npz", ".npy"):
+        raise ValueError(f"data file {s!r} must be .npz or .npy (or give a folder of images)")
+    return _load_file(path, seed, test_fraction)
+
+
+def load_dataset(spec: str, **kwargs) -> Tuple[Tensor, Tensor]:
+    """`(train, test)` float32 tensors, batch first, for `spec`; see `load_data` for the options."""
+    d = load_data(spec, **kwargs)
+    return d.train, d.test
