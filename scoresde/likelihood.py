@@ -72,15 +72,20 @@ class _PFODEFunc(torch.nn.Module):
     def __init__(self, sde: SDE, score_fn: ScoreFn, batch: int, mode: Optional[str] = None,
                  probes: Optional[Tensor] = None):
         super().__init__()
-        self.flow = sde.reverse(score_fn, probability_flow=True)
+        self.score_fn = score_fn
+        self.flow = sde.reverse(self._score, probability_flow=True)
         self.batch, self.mode, self.probes, self.nfe = batch, mode, probes, 0
 
-    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+    def _score(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
-        v = self.flow.drift(x, t.to(x.dtype).expand(self.batch))
-        if v.shape != x.shape:  # metadata only: no host sync
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}; the drift came out {tuple(v.shape)}")
-        return v
+        s = self.score_fn(x, t)
+        if not isinstance(s, Tensor) or s.shape != x.shape:  # metadata only: no host sync
+            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        return s
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.flow.drift(x, t.to(x.dtype).expand(self.batch))
 
     def forward(self, t: Tensor, state):
         if self.mode is None:
