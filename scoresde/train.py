@@ -1,0 +1,406 @@
+"""Training: `train(config) -> run folder`, the `Trainer` behind it, and `load(path) -> (EMA ScoreModel, sde)`.
+
+One step: draw the global batch (a seeded per-epoch permutation), its
+dequantisation noise, diffusion times and Gaussian noise from a generator
+re-seeded from `(seed, step)`; each DDP rank takes its contiguous slice of that
+global batch, so 1 process or N processes see the same numbers; then the
+per-sample DSM loss, AdamW with linear warm-up and gradient clipping, and an
+EMA of the weights (`torch.optim.swa_utils.AveragedModel`). Because every
+random draw is a function of `(seed, step)`, a resumed run repeats an
+uninterrupted one bit for bit on the CPU.
+
+Run folder: `checkpoint.pt` (written atomically: temp file, fsync, `os.replace`;
+model, EMA, optimizer, step, RNG states and the full config, loadable with
+`torch.load(weights_only=True)`), `config.toml`, `log.jsonl`, `samples_<step>.png`.
+
+Multi-GPU / multi-node: launch with `torchrun --nproc_per_node=N -m scoresde.cli train ...`;
+with `WORLD_SIZE > 1` the process group is initialised from the environment
+(NCCL on CUDA, gloo on CPU), the model is wrapped in DistributedDataParallel,
+and rank 0 alone logs, evaluates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .config import TrainConfig, build_sde, sde_config, sde_from_config
+from .data import load_data
+from .losses import dsm_loss_per_sample, sample_time
+from .model import ScoreModel
+from .nets import build_net
+
+__all__ = ["TrainConfig", "Trainer", "train", "load", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+# Fields that may change when a run is resumed (they do not change what is computed).
+_RESUMABLE = {"steps", "device", "out", "log_every", "ckpt_every", "eval_every", "final_eval", "eval_samples", "eval_bpd", "eval_sampler", "eval_steps"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def default_out(config: TrainConfig) -> Path:
+    stem = Path(config.data).stem or "data"
+    return Path("runs") / f"{stem}-{config.sde}"
+
+
+def _step_seed(seed: int, step: int, stream: int = 0) -> int:
+    # Distinct, reproducible seeds per (seed, step, stream); stays below 2^63.
+    return ((seed * 1_000_003 + stream) << 32) + step & (2**63 - 1)
+
+
+class Trainer:
+    """Owns the model, its EMA, the optimiser and the data of one run; `fit()` trains to `config.steps` and returns the run folder."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.progress = progress
+        self._setup_distributed()
+        self.out = Path(config.out) if config.out else default_out(config)
+        ckpt = None
+        if resume:
+            path = self.out / CHECKPOINT
+            if path.is_file():
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                config = _merge_resumed(TrainConfig.from_dict(ckpt["config"]), config)
+            elif self.rank == 0:
+                warnings.warn(f"resume: no checkpoint in {self.out}, starting a new run", stacklevel=2)
+        self.config = c = config
+        self.device = _resolve_device(c.device, self.local_rank)
+        if c.batch_size % self.world_size:
+            raise ValueError(f"batch_size ({c.batch_size}) must be divisible by the number of processes ({self.world_size})")
+
+        data = load_data(c.data, n_train=c.n_train or None, seed=c.seed if c.data in ("ring", "checkerboard", "moons", "swissroll") else 0)
+        if c.batch_size > data.train.shape[0]:
+            raise ValueError(f"batch_size ({c.batch_size}) exceeds the {data.train.shape[0]} training samples of {c.data!r}")
+        if c.class_conditional and data.num_classes == 0:
+            raise ValueError(f"class_conditional=True but data {c.data!r} has no labels")
+        self.data_step = data.step
+        train_x = data.train_raw if data.train_raw is not None else data.train
+        self.train_x = train_x.to(self.device)
+        self.train_y = data.train_labels.to(self.device) if c.class_conditional else None
+        self.test_x = data.test
+        self.num_classes = data.num_classes if c.class_conditional else 0
+        self.event_shape = tuple(train_x.shape[1:])
+
+        self.sde = build_sde(c)
+        torch.manual_seed(c.seed)  # network initialisation
+        kind, net_kwargs = _net_spec(c, self.event_shape, self.num_classes)
+        net = build_net(kind, **net_kwargs)
+        sigma_data = float(data.train.std()) if ckpt is None else ckpt["model_config"]["sigma_data"]
+        self.model = ScoreModel(net, self.sde, c.parameterization, sigma_data=sigma_data, event_shape=self.event_shape).to(self.device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
+        self.ema.module.eval()
+        self.ddp = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        fused = self.device.type in ("cuda", "cpu")
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=fused)
+        self.amp = c.amp and self.device.type == "cuda"
+        self.step = 0
+        self.gen = torch.Generator(device=self.device)
+        self._perm_epoch, self._perm = -1, None
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _setup_distributed(self) -> None:
+        import torch.distributed as dist
+
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self._owns_pg = False
+        if self.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+            self._owns_pg = True
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if dist.is_initialized():
+            self.world_size = dist.get_world_size()
+
+    def _restore(self, ckpt: Dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        rng = ckpt.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _batch_indices(self, step: int) -> Tensor:
+        n, B = self.train_x.shape[0], self.config.batch_size
+        per_epoch = n // B
+        epoch, i = divmod(step, per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(_step_seed(self.config.seed, epoch, stream=1))
+            self._perm, self._perm_epoch = torch.randperm(n, generator=g).to(self.device), epoch
+        return self._perm[i * B : (i + 1) * B]
+
+    def global_batch(self, step: int) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        """`(x0, t, noise, labels)` of the whole global batch at `step`: the same on every rank."""
+        c, g = self.config, self.gen
+        g.manual_seed(_step_seed(c.seed, step))
+        idx = self._batch_indices(step)
+        x0 = self.train_x[idx]
+        if self.data_step is not None:
+            x0 = x0 + self.data_step * torch.rand(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
+        t = sample_time(self.sde, x0.shape[0], eps=c.eps, importance_sampling=c.importance_sampling,
+                        t_sampling=c.t_sampling, generator=g, device=x0.device, dtype=x0.dtype)
+        noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
+        labels = None
+        if self.train_y is not None:
+            labels = self.train_y[idx]
+            drop = torch.rand(labels.shape, generator=g, device=labels.device) < c.label_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return x0, t, noise, labels
+
+    def train_step(self) -> Tensor:
+        """One optimisation step; returns the (detached) mean loss of this rank's share."""
+        c = self.config
+        x0, t, noise, labels = self.global_batch(self.step)
+        b = c.batch_size // self.world_size
+        sl = slice(self.rank * b, (self.rank + 1) * b)
+        torch.manual_seed(_step_seed(c.seed, self.step, stream=2 + self.rank))  # dropout
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = dsm_loss_per_sample(self.ddp, self.sde, x0[sl], t=t[sl], noise=noise[sl], weighting=c.weighting,
+                                       importance_sampling=c.importance_sampling, eps=c.eps,
+                                       labels=None if labels is None else labels[sl]).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip, foreach=True)
+        lr = c.lr * min(1.0, (self.step + 1) / c.warmup) if c.warmup > 0 else c.lr
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return loss.detach()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> Path:
+        c = self.config
+        main = self.rank == 0
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.out / "config.toml", c.to_toml())
+        # On the CPU a host read of the loss is free, so check every step; on CUDA batch the checks to avoid syncs.
+        check_every = 1 if self.device.type == "cpu" else min(c.log_every, 50)
+        pending: list[Tuple[int, Tensor]] = []
+        bar = None
+        if main and self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.steps, initial=self.step, desc=f"train {Path(c.data).name}", unit="step", dynamic_ncols=True)
+        t0, ema_loss = time.perf_counter(), None
+        try:
+            while self.step < c.steps:
+                loss = self.train_step()
+                pending.append((self.step, loss))
+                s = self.step
+                due_ckpt = s % c.ckpt_every == 0 or s == c.steps
+                due_eval = c.eval_every > 0 and s % c.eval_every == 0
+                if len(pending) >= check_every or s % c.log_every == 0 or due_ckpt or due_eval:
+                    values = torch.stack([v for _, v in pending]).tolist()
+                    for (st, _), v in zip(pending, values):
+                        if not math.isfinite(v):
+                            raise NonFiniteLossError(f"training loss is {v} at step {st} (of {c.steps}); lower lr, raise grad_clip strictness or check the data")
+                    pending.clear()
+                    for v in values:
+                        ema_loss = v if ema_loss is None else 0.98 * ema_loss + 0.02 * v
+                    if bar is not None:
+                        bar.update(len(values))
+                        bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
+                    if main and s % c.log_every == 0:
+                        self._log({"step": s, "loss": ema_loss, "lr": self.opt.param_groups[0]["lr"], "time_s": time.perf_counter() - t0})
+                if due_ckpt and main:
+                    self.save_checkpoint()
+                if due_eval and main:
+                    self.evaluate()
+            if main and c.final_eval:
+                self.evaluate()
+        finally:
+            if bar is not None:
+                bar.close()
+            self._teardown()
+        return self.out
+
+    def _teardown(self) -> None:
+        if self._owns_pg:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self._owns_pg = False
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- checkpoints and evaluation ---------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "noise": self.gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "sde": sde_config(self.sde),
+            "model_config": self.model.config(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "rng": rng,
+        }
+
+    def save_checkpoint(self, path: Optional[Path] = None) -> Path:
+        path = Path(path) if path is not None else self.out / CHECKPOINT
+        _atomic_save(self.state_dict(), path)
+        return path
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """EMA samples (PNG) and test bits/dim, when the sampler and likelihood modules are available."""
+        c, model, rec = self.config, self.ema.module, {"step": self.step}
+        dev = self.device
+        try:
+            from .samplers import sample
+            from .plotting import save_samples
+        except ImportError:  # pragma: no cover
+            sample = None
+        if sample is not None and c.eval_samples > 0:
+            g = torch.Generator(device=dev).manual_seed(_step_seed(c.seed, self.step, stream=7))
+            x = sample(self.sde, model, (c.eval_samples,) + self.event_shape, sampler=c.eval_sampler, steps=c.eval_steps, generator=g, device=dev)
+            ref = self.test_x[: c.eval_samples] if len(self.event_shape) == 1 else None
+            save_samples(x[:64] if len(self.event_shape) == 3 else x, self.out / f"samples_{self.step:07d}.png",
+                         title=f"EMA samples, step {self.step} ({c.eval_sampler}, {c.eval_steps} steps)", reference=ref)
+        if c.eval_bpd > 0:
+            try:
+                from .likelihood import bits_per_dim, log_likelihood
+            except ImportError:  # pragma: no cover
+                log_likelihood = None
+            if log_likelihood is not None:
+                xt = self.test_x[: c.eval_bpd].to(dev)
+                div = "exact" if math.prod(self.event_shape) <= 8 else "hutchinson"
+                with torch.enable_grad():
+                    res = log_likelihood(self.sde, model, xt, divergence=div, generator=torch.Generator(device=dev).manual_seed(c.seed))
+                offset = -math.log2(self.data_step / 2) if self.data_step else 0.0
+                bpd = bits_per_dim(res.logp, self.event_shape).double()
+                rec["test_bpd"] = float(bpd.mean())
+                rec["test_bpd_se"] = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
+                if self.data_step:
+                    # bits/dim of the discrete data in [0, levels): continuous density in [-1, 1] plus log2(levels/2)
+                    rec["test_bpd_discrete"] = rec["test_bpd"] + offset
+        self._log(rec)
+        if self.progress and len(rec) > 1:
+            from tqdm.auto import tqdm
+
+            tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        return rec
+
+
+def _net_spec(c: TrainConfig, event_shape: Tuple[int, ...], num_classes: int):
+    kind = c.net
+    if kind == "auto":
+        kind = "unet" if len(event_shape) == 3 else "mlp"
+    if kind == "unet":
+        if len(event_shape) != 3:
+            raise ValueError(f"net='unet' needs image data (C, H, W), got samples of shape {event_shape}")
+        return kind, dict(in_channels=event_shape[0], channels=c.channels, channel_mults=tuple(c.channel_mults),
+                          num_res_blocks=c.num_res_blocks, attention_levels=tuple(c.attention_levels), emb_dim=c.emb_dim,
+                          fourier_scale=c.fourier_scale, num_classes=num_classes, dropout=c.dropout)
+    return kind, dict(dim=math.prod(event_shape), hidden=c.hidden, n_blocks=c.n_blocks, emb_dim=c.emb_dim,
+                      fourier_scale=c.fourier_scale, num_classes=num_classes, dropout=c.dropout)
+
+
+def _merge_resumed(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The saved config, with the fields that may change taken from `given`.
+
+    Any other field the caller set to a non-default value that disagrees with
+    the saved run is an error (so a resumed run cannot silently change)."""
+    default = TrainConfig()
+    bad = [f for f in saved.to_dict() if f not in _RESUMABLE and getattr(given, f) != getattr(saved, f) and getattr(given, f) != getattr(default, f)]
+    if bad:
+        detail = ", ".join(f"{f}: saved {getattr(saved, f)!r}, given {getattr(given, f)!r}" for f in bad)
+        raise ValueError(f"cannot resume with a different configuration ({detail})")
+    return saved.replace(**{f: getattr(given, f) for f in _RESUMABLE if getattr(given, f) != getattr(default, f) or f == "steps"})
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary file in the same folder, fsync, then `os.replace`: a crash never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train a score model as `config` says (continuing the run in `config.out` with `resume`); return the run folder."""
+    return Trainer(config, resume=resume, progress=progress).fit()
+
+
+def load(path: str | os.PathLike, device: Optional[str | torch.device] = None) -> Tuple[ScoreModel, Any]:
+    """`(model, sde)` from a checkpoint file or a run folder: the EMA weights, in eval mode, on `device` (default cpu)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r} (expected a run folder holding {CHECKPOINT}, or a checkpoint file)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        mc, sde = ckpt["model_config"], sde_from_config(ckpt["sde"])
+        net_cfg = dict(mc["net"])
+        net = build_net(net_cfg.pop("kind"), **net_cfg)
+        model = ScoreModel(net, sde, mc["parameterization"], sigma_data=mc["sigma_data"], event_shape=mc["event_shape"])
+        ema = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(ema)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{p} is not a scoresde checkpoint or is damaged: {e}") from None
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    model = model.to(dev).eval().requires_grad_(False)
+    return model, sde
