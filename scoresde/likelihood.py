@@ -43,8 +43,11 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 # Fixed-grid methods integrate on this many uniform steps unless `options` says otherwise.
 DEFAULT_FIXED_STEPS = 100
-# Exact divergence: basis vectors pushed through one batched VJP at a time (bounds memory at B·D·chunk).
-_EXACT_CHUNK = 128
+# Exact divergence: how many basis vectors go through one batched VJP, as a budget on chunk·B·D.
+# Small on CPU, where cache-sized chunks ran 5x faster than all D at once (mixture64, B=256);
+# large on accelerators, which want wide batches.
+_EXACT_BUDGET = {"cpu": 2**15}
+_EXACT_BUDGET_DEFAULT = 2**22
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,9 @@ def _exact_divergence(v: Tensor, x: Tensor) -> Tensor:
         return torch.zeros(B, device=x.device, dtype=x.dtype)
     div = torch.zeros(B, device=x.device, dtype=x.dtype)
     eye = torch.eye(D, device=x.device, dtype=x.dtype)
-    for start in range(0, D, _EXACT_CHUNK):
-        idx = torch.arange(start, min(D, start + _EXACT_CHUNK), device=x.device)
+    chunk = max(1, min(D, _EXACT_BUDGET.get(x.device.type, _EXACT_BUDGET_DEFAULT) // (B * D)))
+    for start in range(0, D, chunk):
+        idx = torch.arange(start, min(D, start + chunk), device=x.device)
         n = idx.shape[0]
         basis = eye[idx][:, None, :].expand(n, B, D).reshape((n,) + tuple(x.shape))
         (rows,) = torch.autograd.grad(v, x, basis, retain_graph=True, is_grads_batched=True, allow_unused=True)
