@@ -115,12 +115,11 @@ def _exact_divergence(v: Tensor, x: Tensor) -> Tensor:
     eye = torch.eye(D, device=x.device, dtype=x.dtype)
     chunk = max(1, min(D, _EXACT_BUDGET.get(x.device.type, _EXACT_BUDGET_DEFAULT) // (B * D)))
     for start in range(0, D, chunk):
-        idx = torch.arange(start, min(D, start + chunk), device=x.device)
-        n = idx.shape[0]
-        basis = eye[idx][:, None, :].expand(n, B, D).reshape((n,) + tuple(x.shape))
+        stop = min(D, start + chunk)
+        basis = eye[start:stop, None, :].expand(stop - start, B, D).reshape((stop - start,) + tuple(x.shape))
         (rows,) = torch.autograd.grad(v, x, basis, retain_graph=True, is_grads_batched=True, allow_unused=True)
-        if rows is not None:
-            div = div + rows.reshape(n, B, D)[torch.arange(n, device=x.device), :, idx].sum(0)
+        if rows is not None:  # rows[i] = e_iᵀ J; its own entry i is J_ii
+            div = div + rows.reshape(-1, B, D)[:, :, start:stop].diagonal(dim1=0, dim2=2).sum(-1)
     return div
 
 
