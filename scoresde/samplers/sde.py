@@ -86,6 +86,8 @@ class SDESampler(Sampler):
         span = sde.T - eps
         func = TorchSDEReverse(sde, score_fn, x.shape, SDE_METHODS[self.method])
         bm = self.bm if self.bm is not None else self.brownian(x, span, generator, steps)
-        s = torch.tensor([0.0, span], device=x.device, dtype=x.dtype)
+        # Times in float64 even for float32 states: torchsde accumulates t += dt, and float32 rounding would add
+        # a sliver step (one more NFE) at the end.
+        s = torch.tensor([0.0, span], device=x.device, dtype=torch.float64)
         ys = torchsde.sdeint(func, x.flatten(1), s, bm=bm, method=self.method, dt=span / steps, adaptive=False)
         return ys[-1].view(x.shape)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..sde import SDE, LinearSDE
 
-__all__ = ["uniform", "log_snr", "edm", "time_quadratic", "get_timesteps", "TIMESTEPS"]
+__all__ = ["uniform", "log_snr", "log_snr_warped", "edm", "time_quadratic", "get_timesteps", "TIMESTEPS"]
 
 
 def _finish(t: Tensor, sde: SDE, eps: float, ref: Tensor) -> Tensor:
@@ -61,7 +61,24 @@ def edm(sde: LinearSDE, steps: int, eps: float, ref: Tensor, rho: float = 7.0) -
     return _finish(sde.t_from_half_log_snr(-sigma.log()), sde, eps, ref)
 
 
-TIMESTEPS = {"uniform": uniform, "time_quadratic": time_quadratic, "log_snr": log_snr, "edm": edm}
+def log_snr_warped(sde: LinearSDE, steps: int, eps: float, ref: Tensor, power: float = 0.8, blend: float = 0.1) -> Tensor:
+    """`λ_i = (1-w) [λ_T + (λ_eps - λ_T) u_i^p] + w λ(t_i^uniform)`, `u_i = i/N`, `p = 0.8`, `w = 0.1`: tuned for ~10 NFE.
+
+    The log-SNR grid, nudged towards the data end and blended a little with the uniform-time grid (which caps the
+    steps wasted at very high λ, e.g. sub-VP near eps). Tuned on the exact-score benchmark (10 NFE, VP, sub-VP,
+    VE, cosine; ring and 64-D mixture): better for 3M at 10 NFE than the plain log-SNR grid in every case we ran.
+    The `u^p` warp is not smooth at `u = 0`, so multistep solvers lose asymptotic order on it: for few steps only."""
+    lam_T, lam_eps = _lambda_ends(sde, eps, ref)
+    u = torch.linspace(0, 1, steps + 1, **_f64(ref))
+    lam = lam_T + (lam_eps - lam_T) * u**power
+    if blend:
+        lam_uniform = sde.half_log_snr(torch.linspace(sde.T, eps, steps + 1, **_f64(ref)))
+        lam = (1 - blend) * lam + blend * lam_uniform
+    return _finish(sde.t_from_half_log_snr(lam), sde, eps, ref)
+
+
+TIMESTEPS = {"uniform": uniform, "time_quadratic": time_quadratic, "log_snr": log_snr, "edm": edm,
+             "log_snr_warped": log_snr_warped}
 
 TimestepSpec = Union[str, Tensor, Callable[[SDE, int, float, Tensor], Tensor]]
 
@@ -70,6 +87,9 @@ def get_timesteps(spec: TimestepSpec, sde: SDE, steps: int, eps: float, ref: Ten
     """A grid from a name in `TIMESTEPS`, a callable `(sde, steps, eps, ref) -> ts`, or an explicit decreasing tensor."""
     if isinstance(spec, Tensor):
         ts = spec.to(device=ref.device, dtype=ref.dtype)
+        # Once per call, before any loop: a host sync here is fine.
+        if ts.ndim == 1 and ts.shape[0] >= 2 and not (bool((ts[1:] < ts[:-1]).all()) and float(ts[0]) <= sde.T and float(ts[-1]) > 0):
+            raise ValueError(f"timesteps must decrease strictly within (0, T={sde.T}]")
     elif callable(spec):
         ts = spec(sde, steps, eps, ref)
     elif isinstance(spec, str):
