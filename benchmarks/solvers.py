@@ -1,0 +1,215 @@
+"""Steps vs quality for every sampler, with the exact score: `python -m benchmarks.solvers [--quick] [--out DIR] [--device D]`.
+
+For each SDE (VP, sub-VP, VE, cosine) and data set (2-D ring, 64-D mixture), each sampler at several NFE:
+unbiased MMD² ± stderr to fresh data, sliced-W2 beside its floor, mode TV, pathwise error (deterministic
+samplers, against dopri5 at 1e-9 from the same x_T), NFE from a counter, wall seconds, peak memory. Then
+dpm_solver at 10 NFE against published fast samplers' step rules on the same ODE, and the framework overhead
+against bare score calls. Writes solvers.{md,csv,json}, fast10.*, overhead.*, and two PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable, List
+
+import numpy as np
+import torch
+
+from benchmarks._common import machine_note, out_dir, peak_memory_mb, reset_peak_memory, timed, write_results
+
+import scoresde  # noqa: E402
+from scoresde._utils import trusted  # noqa: E402
+from scoresde.metrics import floor_sliced_w2, mmd2, mode_tv, sliced_w2  # noqa: E402
+from scoresde.samplers import DPMSolver, sample, timesteps  # noqa: E402
+
+SDES = {"vp": scoresde.VPSDE, "subvp": scoresde.SubVPSDE, "ve": scoresde.VESDE, "cosine": scoresde.CosineVPSDE}
+# (label, sampler name, options, NFE per step, deterministic)
+SAMPLERS = [
+    ("euler_maruyama", "euler_maruyama", {}, 1, False),
+    ("reverse_diffusion", "reverse_diffusion", {}, 1, False),
+    ("pc (rd + langevin)", "pc", {}, 2, False),
+    ("sde (torchsde euler)", "sde", {}, 1, False),
+    ("ode (rk4)", "ode", {"method": "rk4"}, 4, True),
+    ("dpm_solver", "dpm_solver", {}, 1, True),
+]
+ADAPTIVE_TOLS = (1e-2, 1e-3, 1e-5)
+
+
+# -- published fast samplers, in EDM's variables x̃ = x/m, σ = std/m (dx̃/dσ = (x̃ - D)/σ) ------------------
+
+def _sigma_grid(sde, steps, eps, x, rho=7.0):
+    ts = timesteps.edm(sde, steps, eps, x, rho=rho)
+    m, std = sde.marginal_coefs(ts)
+    return ts, m, std, std / m
+
+
+def _deriv(score_fn, xs, i, ts, m, std, sig):
+    x = m[i] * xs
+    d = (x + std[i] ** 2 * score_fn(x, ts[i].expand(x.shape[0]))) / m[i]
+    return (xs - d) / sig[i]
+
+
+def edm_heun(sde, score_fn, x, steps, eps):
+    """Karras et al. 2022, Alg. 1 (deterministic Heun, ρ = 7): 2 NFE per step."""
+    ts, m, std, sig = _sigma_grid(sde, steps, eps, x)
+    xs = x / m[0]
+    for i in range(steps):
+        h = sig[i + 1] - sig[i]
+        d0 = _deriv(score_fn, xs, i, ts, m, std, sig)
+        d1 = _deriv(score_fn, xs + h * d0, i + 1, ts, m, std, sig)
+        xs = xs + h * 0.5 * (d0 + d1)
+    return m[-1] * xs
+
+
+def _lms_coef(sig, i, j, k):
+    poly = np.poly1d([1.0])
+    for q in range(k):
+        if q != j:
+            poly = poly * np.poly1d([1.0, -sig[i - q]]) / (sig[i - j] - sig[i - q])
+    integ = poly.integ()
+    return float(integ(sig[i + 1]) - integ(sig[i]))
+
+
+def lms(sde, score_fn, x, steps, eps, order=4):
+    """k-diffusion's linear multistep (order 4) on the Karras σ grid: 1 NFE per step."""
+    ts, m, std, sig = _sigma_grid(sde, steps, eps, x)
+    s = sig.double().cpu().numpy()  # coefficients once, before the loop
+    coefs = [[_lms_coef(s, i, j, min(i + 1, order)) for j in range(min(i + 1, order))] for i in range(steps)]
+    xs, ds = x / m[0], []
+    for i in range(steps):
+        ds.insert(0, _deriv(score_fn, xs, i, ts, m, std, sig))
+        del ds[order:]
+        xs = xs + sum(c * d for c, d in zip(coefs[i], ds))
+    return m[-1] * xs
+
+
+class Counter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+def _data(name):
+    return (scoresde.ring8(), (2,)) if name == "ring" else (scoresde.mixture64(), (1, 8, 8))
+
+
+def quality_grid(sdes, datasets, nfes, n, device, dtype, rows, curves, panels):
+    for data_name in datasets:
+        mix, ev = _data(data_name)
+        data = mix.sample(n, generator=torch.Generator().manual_seed(11), dtype=dtype).to(device)
+        floor_mmd = mmd2(mix.sample(n, generator=torch.Generator().manual_seed(12), dtype=dtype).to(device), data)
+        floor_w2 = float(floor_sliced_w2(mix, n, dtype=dtype))
+        for sde_name in sdes:
+            sde = SDES[sde_name]()
+            score = mix.score_fn(sde)
+            x_T = sde.prior_sample((n,) + ev, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
+            ref = sample(sde, score, None, x_T=x_T, sampler="ode", rtol=1e-9, atol=1e-9)
+            runs = [(label, name, opts, max(1, nfe // per), det) for label, name, opts, per, det in SAMPLERS for nfe in nfes
+                    if nfe // per >= 1 and not (name == "dpm_solver" and nfe > 100)]
+            runs += [(f"ode (dopri5, tol {tol:g})", "ode", {"rtol": tol, "atol": tol}, 1, True) for tol in ADAPTIVE_TOLS]
+            for label, name, opts, steps, det in runs:
+                reset_peak_memory(device)
+                st: dict = {}
+                x, secs = timed(lambda: sample(sde, score, None, x_T=x_T, sampler=name, steps=steps, stats=st,
+                                               generator=torch.Generator(device).manual_seed(1), **opts), device)
+                mm = mmd2(x, data)
+                row = {"data": data_name, "sde": sde_name, "sampler": label, "NFE": st["nfe"],
+                       "MMD²": float(mm.value), "±": float(mm.stderr), "MMD² floor ±": float(floor_mmd.stderr),
+                       "sliced-W2": float(sliced_w2(x, data)), "W2 floor": floor_w2,
+                       "mode TV": float(mode_tv(x, mix)),
+                       "path err": float((x - ref).flatten(1).norm(dim=1).mean()) if det else "",
+                       "wall s": round(secs, 3), "peak MB": round(peak_memory_mb(device), 1)}
+                rows.append(row)
+                print(" | ".join(str(v if not isinstance(v, float) else f"{v:.4g}") for v in row.values()), flush=True)
+                if data_name == "ring" and sde_name == "vp":
+                    curves.setdefault(label.split(",")[0] if "dopri5" in label else label, []).append((st["nfe"], max(float(mm.value), 1e-6)))
+                    if st["nfe"] in (10, 11, 20, 21) or "1e-05" in label:
+                        panels[f"{label}, NFE {st['nfe']}"] = x
+
+
+def fast_samplers(sdes, datasets, n, device, dtype, rows):
+    """Pathwise error at 10 NFE (no final denoising), same x_T, against dopri5 at 1e-9."""
+    eps = 1e-3
+    contenders: List[tuple[str, Callable]] = [
+        ("dpm_solver (ours, default: 3M, log-SNR)", lambda s, f, x: sample(s, f, None, x_T=x, sampler="dpm_solver", steps=9, denoise=False)),
+        ("dpm_solver 3M, log_snr_warped", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(3, timesteps="log_snr_warped"), steps=9, denoise=False)),
+        ("DPM-Solver++(2M), log-SNR", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2, timesteps="log_snr"), steps=10, denoise=False)),
+        ("DPM-Solver++(2M), time-uniform", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2, timesteps="uniform"), steps=10, denoise=False)),
+        ("EDM Heun, rho=7", lambda s, f, x: edm_heun(s, f, x, 5, eps)),
+        ("linear multistep (4), rho=7", lambda s, f, x: lms(s, f, x, 10, eps)),
+    ]
+    for data_name in datasets:
+        mix, ev = _data(data_name)
+        for sde_name in sdes:
+            sde = SDES[sde_name]()
+            x_T = sde.prior_sample((n,) + ev, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
+            ref = sample(sde, mix.score_fn(sde), None, x_T=x_T, sampler="ode", rtol=1e-9, atol=1e-9, denoise=False)
+            for label, run in contenders:
+                counter = Counter(mix.score_fn(sde))
+                with torch.no_grad(), trusted():
+                    x = run(sde, counter, x_T)
+                rows.append({"data": data_name, "sde": sde_name, "sampler": label, "NFE": counter.calls,
+                             "path err": float((x - ref).flatten(1).norm(dim=1).mean())})
+                print(rows[-1], flush=True)
+
+
+def overhead(n, nfe, device, dtype, rows):
+    """Wall time of each fixed-step sampler over the time of the bare score calls it makes (VP, ring)."""
+    mix, sde = scoresde.ring8(), scoresde.VPSDE()
+    score = mix.score_fn(sde)
+    x = sde.prior_sample((n, 2), generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
+    t = torch.full((n,), 0.5, device=device, dtype=dtype)
+
+    def bare(k):
+        with torch.no_grad():
+            for _ in range(k):
+                score(x, t)
+
+    bare(3)  # warm-up: first calls pay for allocations and caches
+    for label, name, opts, per, _ in SAMPLERS:
+        sample(sde, score, None, x_T=x[:16], sampler=name, steps=2, **opts)
+        st: dict = {}
+        _, secs = timed(lambda: sample(sde, score, None, x_T=x, sampler=name, steps=nfe // per, stats=st, **opts), device)
+        _, base = timed(lambda: bare(st["nfe"]), device)
+        rows.append({"sampler": label, "NFE": st["nfe"], "sampler s": round(secs, 3), "bare score s": round(base, 3),
+                     "ratio": round(secs / base, 3)})
+        print(rows[-1], flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.solvers", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one SDE, the ring, two NFE values (< 1 min)")
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    out, device, dtype = out_dir(args.out), torch.device(args.device), torch.float64
+    if args.quick:
+        sdes, datasets, nfes, n, n_path, n_over, nfe_over = ["vp"], ["ring"], [10, 50], 400, 64, 2000, 50
+    else:
+        sdes, datasets, nfes, n, n_path, n_over, nfe_over = list(SDES), ["ring", "mix64"], [10, 20, 50, 100, 250, 1000], 1000, 256, 10000, 100
+    rows, curves, panels = [], {}, {}
+    quality_grid(sdes, datasets, nfes, n, device, dtype, rows, curves, panels)
+    fast_rows: list = []
+    fast_samplers(sdes, datasets, n_path, device, dtype, fast_rows)
+    over_rows: list = []
+    overhead(n_over, nfe_over, device, torch.float32, over_rows)
+    meta = {"machine": machine_note(device), "n": n, "quick": args.quick}
+    print(write_results(out, "solvers", rows, meta))
+    print(write_results(out, "fast10", fast_rows, meta))
+    print(write_results(out, "overhead", over_rows, meta))
+    from scoresde.plotting import quality_vs_nfe, scatter_panels
+
+    mix, _ = _data("ring")
+    quality_vs_nfe(curves, out / "solvers_quality.png", title=f"VP, 2-D ring, exact score: MMD² vs NFE (n={n})",
+                   floor=max(float(rows[0]["MMD² floor ±"]), 1e-6))
+    scatter_panels(panels, out / "solvers_scatter.png", reference=mix.sample(n, generator=torch.Generator().manual_seed(11)), ncols=4)
+    print(f"wrote {out}/solvers.md, fast10.md, overhead.md, solvers_quality.png, solvers_scatter.png  ({machine_note(device)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
