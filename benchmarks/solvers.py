@@ -10,7 +10,6 @@ against bare score calls. Writes solvers.{md,csv,json}, fast10.*, overhead.*, an
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Callable, List
 
 import numpy as np

@@ -61,6 +61,10 @@ class Predictor(abc.ABC):
         `noise` is a standard normal tensor shaped like `x` (None for deterministic predictors);
         `coefs` is this step's slice of `prepare`'s output."""
 
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
 
 class Corrector(abc.ABC):
     """MCMC moves at a fixed time `t` that leave `p_t` invariant (in the limit of small steps)."""
@@ -82,6 +86,10 @@ class Corrector(abc.ABC):
         coefs: Optional[Tuple[Tensor, ...]] = None,
     ) -> Tuple[Tensor, Tensor]:
         """One corrector move at time `t`; returns `(x, x_mean)`."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
 
 
 class Sampler(abc.ABC):

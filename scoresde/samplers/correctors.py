@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .._utils import append_dims
 from ..sde import SDE, LinearSDE
 from .base import Corrector
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
-import torch
 from torch import Tensor
 from tqdm.auto import trange
 

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._utils import append_dims
 from ..sde import SDE, LinearSDE
-from .base import Predictor, ScoreFn
+from .base import Predictor
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "NonePredictor", "PREDICTORS"]
 
