@@ -92,6 +92,8 @@ class Trainer:
                 warnings.warn(f"resume: no checkpoint in {self.out}, starting a new run", stacklevel=2)
         self.config = c = config
         self.device = _resolve_device(c.device, self.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL and the default CUDA stream follow the current device
         if c.batch_size % self.world_size:
             raise ValueError(f"batch_size ({c.batch_size}) must be divisible by the number of processes ({self.world_size})")
 
