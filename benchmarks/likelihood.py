@@ -125,7 +125,7 @@ def _memory_probe(steps: int, batch: int, divergence: str, device: str) -> dict:
         before = _current_rss_mb()
     res = log_likelihood(sde, sf, x, divergence=divergence, method="rk4", options={"step_size": (sde.T - EPS) / steps},
                          generator=torch.Generator(device=device).manual_seed(0))
-    return {"NFE": res.nfe, "x MB": round(x.numel() * x.element_size() / 2**20, 1),
+    return {"NFE": res.nfe, "x MB": round(x.numel() * x.element_size() / 2**20, 3),
             "peak MB above start": round(peak_memory_mb(device) - before, 1)}
 
 
