@@ -7,23 +7,39 @@ data for any linear SDE, so solvers can be checked with zero model error.
 
 from .sde import SDE, LinearSDE, VPSDE, SubVPSDE, VESDE, CosineVPSDE, ReverseSDE
 from .oracle import GaussianMixture, ring8, grid_mixture, random_mixture, mixture64
-from . import metrics, oracle
+from .samplers import (
+    sample,
+    Sampler,
+    Predictor,
+    Corrector,
+    PCSampler,
+    EulerMaruyama,
+    ReverseDiffusion,
+    LangevinCorrector,
+    AnnealedLangevin,
+    SDESampler,
+    ODESampler,
+    DPMSolver,
+)
+from .likelihood import LikelihoodResult, log_likelihood, encode, decode, bits_per_dim, dequantize, dequantization_offset
+from .model import ScoreModel
+from .losses import dsm_loss
+from .config import TrainConfig
+from .train import Trainer, load
+from . import metrics, nets, oracle
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SDE",
-    "LinearSDE",
-    "VPSDE",
-    "SubVPSDE",
-    "VESDE",
-    "CosineVPSDE",
-    "ReverseSDE",
-    "GaussianMixture",
-    "ring8",
-    "grid_mixture",
-    "random_mixture",
-    "mixture64",
-    "metrics",
-    "oracle",
-]
+    # SDEs
+    "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "ReverseSDE",
+    # the exact-score oracle
+    "GaussianMixture", "ring8", "grid_mixture", "random_mixture", "mixture64", "oracle", "metrics",
+    # sampling
+    "sample", "Sampler", "Predictor", "Corrector", "PCSampler", "EulerMaruyama", "ReverseDiffusion",
+    "LangevinCorrector", "AnnealedLangevin", "SDESampler", "ODESampler", "DPMSolver",
+    # likelihood
+    "LikelihoodResult", "log_likelihood", "encode", "decode", "bits_per_dim", "dequantize", "dequantization_offset",
+    # training
+    "ScoreModel", "dsm_loss", "nets", "TrainConfig", "Trainer", "load",
+]  # fmt: skip
