@@ -74,7 +74,7 @@ def run_demo(
 
     # 1. train
     # A small MLP and batch: a few thousand steps then take about a minute on two CPU cores.
-    steps = 1500 if quick else 4000
+    steps = 2500 if quick else 4000
     config = TrainConfig(
         data="ring", sde="vp", steps=steps, batch_size=256, hidden=128, n_blocks=3, lr=2e-3,
         out=str(out / "run"), device=device, seed=seed, final_eval=False, ckpt_every=max(steps // 2, 1),
