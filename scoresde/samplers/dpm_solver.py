@@ -1,8 +1,9 @@
-"""DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++"): an exponential integrator of the probability-flow ODE
-in the data-prediction form, for any `LinearSDE` through its `marginal_coefs` alone."""
+"""DPM-Solver++ multistep (Lu et al. 2022) with the UniC corrector (Zhao et al. 2023, "UniPC"): an exponential
+integrator of the probability-flow ODE in the data-prediction form, for any `LinearSDE` through `marginal_coefs`."""
 
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
@@ -24,28 +25,29 @@ class DPMSolver(Sampler):
 
     `D = (x + σ² s)/m` is the data prediction (Tweedie); `D̂` extrapolates the last `order` of them in `λ`
     (order 1 is DDIM; 2 is DPM-Solver++(2M); 3 is the 3M update). 1 NFE per step; order 3 spends one more
-    on its first step, a DPM-Solver++(2S) midpoint step: warming up with a first-order step would cap the
-    global order at 2 (measured), a second-order one keeps it at 3.
+    on its first step, a DPM-Solver++(2S) midpoint step (a first-order warm-up would cap the global order at 2).
 
-    Default: order 2 (2M) on the `"log_snr_warped"` grid with `lower_order_final` (the last step first order,
-    the last two for 3M, when `steps < 15`, as the reference implementation does). Chosen for few steps, at
-    10 NFE on the exact-score benchmark (benchmarks/solvers.py, "fast10"; VP, sub-VP, VE, cosine on the 2-D ring
-    and the 64-D mixture), against DPM-Solver++(2M) on its log-SNR and uniform grids, EDM's Heun (ρ = 7) and
-    4th-order linear multistep (ρ = 7): at or below the best of them in 5 of 8 cases (7 of 8 if 2M runs without
-    its lower-order final step). Not met: VE on the ring (linear multistep 0.050 vs 0.063), sub-VP and VE on
-    the mixture (2M on the uniform-time grid 0.378 / 0.333 vs 0.412 / 0.411). 2M beats 3M at 10 NFE on every
-    grid we tried.
-    The warped grid's `u^p` warp is not smooth at `u = 0`, so for asymptotic order (convergence studies,
-    many steps) pass `timesteps="log_snr"`: the pathwise-order tests run on that grid."""
+    `corrector=True` (default) adds UniC (UniPC's corrector, `B(h) = e^h - 1`): once the score at the predicted
+    `x_{i+1}` is known — it is needed for the next step anyway — `x_{i+1}` is recomputed from the same history plus
+    that new `D_{i+1}`, which raises the order by one at no extra NFE (none on the last step, whose score is
+    never evaluated). `order` (the attribute) is then `order + 1` for orders 1 and 2; with 3 the 2S warm-up keeps it 3.
+
+    Default: order 2 + UniC on the `"log_snr_capped"` grid with `lower_order_final` (the last step first order,
+    the last two for 3M, when `steps < 15`). Chosen at 10 NFE on the exact-score benchmark (benchmarks/solvers.py,
+    "fast10": VP, sub-VP, VE, cosine on the 2-D ring and the 64-D mixture) against DPM-Solver++(2M), UniPC (bh1-3,
+    bh2-2) on log-SNR and uniform-time grids, EDM's Heun (ρ = 7) and 4th-order linear multistep (ρ = 7)."""
 
     weak_order = None
     nfe_per_step = 1
     stochastic = False
 
-    def __init__(self, order: int = 2, *, timesteps: TimestepSpec = "log_snr_warped", lower_order_final: bool = True):
+    def __init__(self, order: int = 2, *, timesteps: TimestepSpec = "log_snr_capped", lower_order_final: bool = True,
+                 corrector: bool = True):
         if isinstance(order, bool) or order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        self.order = order  # type: ignore[misc]
+        self.predictor_order = order
+        self.corrector = bool(corrector)
+        self.order = order + 1 if self.corrector and order < 3 else order  # type: ignore[misc]
         self.timesteps = timesteps
         self.lower_order_final = bool(lower_order_final)
 
@@ -55,29 +57,38 @@ class DPMSolver(Sampler):
 
     def _orders(self, n: int) -> List[int]:
         """The order of each step: warm-up from the history available, lowered over the last steps if asked."""
-        cap = lambda i: n - i if self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW else self.order
-        return [max(1, min(i + 1, self.order, cap(i))) for i in range(n)]
+        k = self.predictor_order
+        cap = lambda i: n - i if self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW else k
+        return [max(1, min(i + 1, k, cap(i))) for i in range(n)]
 
     def run(self, sde, score_fn, x, *, steps, eps, generator=None, progress=False) -> Tensor:
         ts = get_timesteps(self.timesteps, sde, steps, eps, x)
-        n, batch = len(ts) - 1, x.shape[0]
+        n, batch, k_max = len(ts) - 1, x.shape[0], self.predictor_order
         orders = self._orders(n)
-        midpoint = self.order == 3 and n > 1 and orders[0] == 1
-        # The whole schedule, once per call and in float64: every step is then a fixed linear combination
-        # x_{i+1} = a_i x_i + Σ_j c_ij e_{i-j} of the state and the stored `e = m D = x + σ² s` (newest first).
-        a, c, sig2 = _coefficients(sde, ts.double(), orders)
-        a, c, sig2 = a.tolist(), c.tolist(), sig2.tolist()  # one host sync, before the loop
+        midpoint = k_max == 3 and n > 1 and orders[0] == 1
+        # The whole schedule, once per call and in float64: every update is then a fixed linear combination
+        # of the state and the stored `e = m D = x + σ² s` (newest first).
+        a, c, cc, sig2 = _coefficients(sde, ts.double(), orders)
+        correct = [self.corrector and i < n - 1 and not (i == 0 and midpoint) for i in range(n)]
+        a, c, cc, sig2 = a.tolist(), c.tolist(), cc.tolist(), sig2.tolist()  # one host sync, before the loop
         history: List[Tensor] = []
+        x_prev = x
         for i in trange(n, disable=not progress, desc="dpm_solver", leave=False):
             e = torch.add(x, score_fn(x, ts[i].expand(batch)), alpha=sig2[i])
+            if i > 0 and correct[i - 1]:
+                # UniC: redo step i-1 with e_i (from the predicted x_i) as one more node; e_i stays in the history.
+                x = x_prev * a[i - 1] + e * cc[i - 1][0]
+                for w, ej in zip(cc[i - 1][1:], history[:orders[i - 1]]):
+                    x.add_(ej, alpha=w)
             history.insert(0, e)
-            del history[self.order:]
+            del history[k_max:]
+            x_prev = x
             if i == 0 and midpoint:
                 x = self._midpoint_step(sde, score_fn, x, e, ts)
                 continue
             x_next = x * a[i]
-            for cj, ej in zip(c[i], history[:orders[i]]):
-                x_next.add_(ej, alpha=cj)
+            for w, ej in zip(c[i], history[:orders[i]]):
+                x_next.add_(ej, alpha=w)
             x = x_next
         return x
 
@@ -95,28 +106,51 @@ class DPMSolver(Sampler):
         return (std[1] / std[0]) * x - m[1] * torch.expm1(-(lam[1] - lam[0])) * d_s
 
 
-def _coefficients(sde, ts: Tensor, orders: List[int]):
-    """Per-step `a_i` (n,), `c_ij` (n, 3) weights of `e_{i-j} = m_{i-j} D_{i-j}` and `σ_i²` (n,), all in float64.
+def _unic_weights(lam: Tensor, i: int, k: int) -> List[Tensor]:
+    """UniC's `ρ` (Zhao et al. 2023, bh2): `R ρ = b`, `R_qj = r_j^{q-1}`, `r_j = (λ_{i-j} - λ_i)/h` (r_k = 1),
+    `b_q = q! φ_{q+1}(-h)/(e^{-h} - 1)` with `φ_{q+1}` the exponential-integrator functions; k = 1 is the trapezoid 1/2."""
+    if k == 1:
+        return [lam.new_tensor(0.5)]
+    h = lam[i + 1] - lam[i]
+    hh = -h
+    big_b = torch.expm1(hh)
+    r = torch.stack([(lam[i - j] - lam[i]) / h for j in range(1, k)] + [lam.new_tensor(1.0)])
+    rows, b = [], []
+    hphi, fact = torch.expm1(hh) / hh - 1, 1
+    for q in range(1, k + 1):
+        rows.append(r ** (q - 1))
+        b.append(hphi * fact / big_b)
+        fact *= q + 1
+        hphi = hphi / hh - 1 / fact
+    return list(torch.linalg.solve(torch.stack(rows), torch.stack(b)))
 
-    The multistep update from `i` to `i + 1` with `k = orders[i]` data predictions `D_i, D_{i-1}, ...`:
+
+def _coefficients(sde, ts: Tensor, orders: List[int]):
+    """Per-step predictor weights `a_i` (n,), `c_ij` (n, 3) of `e_{i-j} = m_{i-j} D_{i-j}`; corrector weights `cc_ij`
+    (n, 4) of `[e_{i+1}, e_i, e_{i-1}, ...]` (with the same `a_i`); and `σ_i²` (n,), all in float64.
+
+    Predictor from `i` to `i + 1` with `k = orders[i]` data predictions `D_i, D_{i-1}, ...`:
     `x_{i+1} = (σ_{i+1}/σ_i) x_i - m_{i+1} φ₁ D_i` (φ₁ = e^{-h} - 1) plus, for k = 2, `-½ m_{i+1} φ₁ (D_i - D_{i-1})/r₀`;
     for k = 3 the exact integrals of the Taylor terms, `m h φ₂ D'` and `-m h² φ₃ D''` (the reference code weights
-    its `h² D''/2` by φ₃ alone, which caps the measured order at 2), with backward differences in λ."""
+    its `h² D''/2` by φ₃ alone, which caps the measured order at 2), with backward differences in λ.
+    Corrector (UniC, k nodes plus the new one): `x_{i+1} = (σ_{i+1}/σ_i) x_i - m_{i+1} φ₁ D_i
+    - m_{i+1} φ₁ [Σ_{j<k} ρ_j (D_{i-j} - D_i)/r_j + ρ_k (D_{i+1} - D_i)]`."""
     m, std = sde.marginal_coefs(ts)
     m, std = m.double(), std.double()
     lam = m.log() - std.log()
     n = len(ts) - 1
     a = std[1:] / std[:-1]
     c = torch.zeros(n, 3, dtype=torch.float64, device=ts.device)
+    cc = torch.zeros(n, 4, dtype=torch.float64, device=ts.device)
     h = lam[1:] - lam[:-1]
     phi1 = torch.expm1(-h)
     w0 = -m[1:] * phi1  # weight of D_i in the first-order update
-    cols = [[w0[i]] for i in range(n)]
     for i, k in enumerate(orders):
+        col = [w0[i]]
         if k == 2:
             r0 = (lam[i] - lam[i - 1]) / h[i]
             g = -0.5 * m[i + 1] * phi1[i] / r0  # times (D_i - D_{i-1})
-            cols[i] = [w0[i] + g, -g]
+            col = [w0[i] + g, -g]
         elif k == 3:
             r0, r1 = (lam[i] - lam[i - 1]) / h[i], (lam[i - 1] - lam[i - 2]) / h[i]
             phi2 = phi1[i] / h[i] + 1
@@ -126,8 +160,15 @@ def _coefficients(sde, ts: Tensor, orders: List[int]):
             mm = m[i + 1]
             alpha = mm * phi2 * (1 + r0 / (r0 + r1)) - mm * phi3 * 2 / (r0 + r1)
             beta = -mm * phi2 * r0 / (r0 + r1) + mm * phi3 * 2 / (r0 + r1)
-            cols[i] = [w0[i] + alpha / r0, -alpha / r0 + beta / r1, -beta / r1]
-    for i, col in enumerate(cols):
+            col = [w0[i] + alpha / r0, -alpha / r0 + beta / r1, -beta / r1]
         for j, v in enumerate(col):
             c[i, j] = v / m[i - j]  # the history holds e = m D, not D
-    return a, c, std[:-1] ** 2
+        if i == n - 1:
+            continue  # the last step is never corrected
+        rho = _unic_weights(lam, i, k)
+        mb = -m[i + 1] * phi1[i]  # -m_{i+1} B(h), B = e^{-h} - 1 = φ₁
+        cc[i, 0] = mb * rho[-1] / m[i + 1]
+        cc[i, 1] = (w0[i] - mb * (rho[-1] + sum(rho[j - 1] / ((lam[i - j] - lam[i]) / h[i]) for j in range(1, k)))) / m[i]
+        for j in range(1, k):
+            cc[i, 1 + j] = mb * rho[j - 1] / ((lam[i - j] - lam[i]) / h[i]) / m[i - j]
+    return a, c, cc, std[:-1] ** 2
