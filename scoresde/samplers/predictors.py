@@ -22,7 +22,19 @@ class EulerMaruyama(Predictor):
     weak_order = 1.0
     nfe_per_step = 1
 
+    def prepare(self, sde: SDE, ts: Tensor) -> Optional[Tuple[Tensor, ...]]:
+        if not isinstance(sde, LinearSDE):
+            return None
+        # f = f(t) x: the step is x' = (1 - f h) x + g² h s + g √h z; tabulate the three scalars once per grid.
+        t, h = ts[:-1], ts[:-1] - ts[1:]
+        g = sde.diffusion(t)
+        return 1 - sde.drift_coef(t) * h, g * g * h, g * h.sqrt()
+
     def step(self, sde, score_fn, x, t, t_next, noise, coefs=None):
+        if coefs is not None:
+            keep, score_w, noise_w = coefs
+            x_mean = x * keep + score_w * score_fn(x, t)
+            return x_mean + noise_w * noise, x_mean
         h = append_dims(t - t_next, x.ndim)
         g = append_dims(sde.diffusion(t), x.ndim)
         x_mean = x - (sde.drift(x, t) - g * g * score_fn(x, t)) * h
