@@ -51,6 +51,19 @@ def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
     assert resumed["config"]["steps"] == 30
 
 
+def test_cached_ema_update_is_averaged_model_update_bit_for_bit(tmp_path):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    tr = Trainer(tiny(tmp_path, dropout=0.1, ema_decay=0.9), progress=False)
+    ref = AveragedModel(tr.model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for _ in range(6):
+        tr.train_step()
+        ref.update_parameters(tr.model)  # the library's own update, on the same weights
+    _states_equal(tr.ema.state_dict(), ref.state_dict())
+    assert int(tr.ema.n_averaged) == 6
+    assert not all(torch.equal(p, q) for p, q in zip(tr.ema.module.parameters(), tr.model.parameters()))
+
+
 def test_resume_refuses_a_changed_run(tmp_path):
     cfg = tiny(tmp_path, steps=10)
     train(cfg, progress=False)
