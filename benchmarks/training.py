@@ -2,17 +2,19 @@
 
 1. Ring throughput (CPU by default): steps/s of the full training step (loss,
    backward, clipping, AdamW, EMA, batch draw) against the bare forward +
-   backward of the same loss on the same batch. Target: full ≤ 1.2 × bare.
-2. Digits: a score network (`--net mlp`, the default: a residual MLP on the 64
-   flattened pixels, which does ~10x more steps per CPU second than the U-Net;
-   or `--net unet`) trained for a wall-clock budget (15 min in full mode, CPU),
+   backward of the same loss on the same batch, interleaved, best of 15 blocks
+   (medians reported beside). Target: full ≤ 1.2 × bare.
+2. Digits: a score network (`--net mlp`, the default: a residual MLP 256x3 on the
+   64 flattened pixels, "v" output, likelihood weighting with importance-sampled t,
+   dropout 0.1, EMA 0.999; the MLP does ~10x more steps per CPU second than the
+   U-Net; or `--net unet`) trained for a wall-clock budget (15 min in full mode, CPU),
    test bits/dim through the probability-flow ODE (Hutchinson, rtol=atol=1e-5),
    next to a diagonal-Gaussian and a full-covariance-Gaussian fit of the same
    dequantised training data, on the same test images. Target: beat both.
    Bits/dim are of the continuous density in the [-1, 1] scaling; the discrete
    (0..16 levels) figure adds log2(17/2) ≈ 3.09.
 
-    python -m benchmarks.training [--quick] [--out DIR] [--device cpu] [--net mlp|unet] [--budget S] [--threads N]
+    python -m benchmarks.training [--quick] [--part all|ring|digits] [--out DIR] [--device cpu] [--net mlp|unet] [--budget S] [--threads N]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def ring_throughput(device: str, quick: bool) -> list[dict]:
     rows = []
     for hidden, batch in ((256, 512),) if quick else ((128, 256), (256, 512), (256, 2048)):
         tr = Trainer(TrainConfig(data="ring", hidden=hidden, batch_size=batch, out="", device=device, final_eval=False), progress=False)
-        n_iter, reps = (8, 2) if quick else (60, 5)
+        n_iter, reps = (8, 2) if quick else (30, 15)
         for _ in range(10):
             tr.train_step()
         x0, t, noise, _ = tr.global_batch(0)
@@ -55,10 +57,13 @@ def ring_throughput(device: str, quick: bool) -> list[dict]:
                     fn()
                 sync(device)
                 acc.append((time.perf_counter() - t0) / n_iter)
-        f, b = statistics.median(full_s), statistics.median(bare_s)
+        # Best of the interleaved repeats: on a shared machine the fastest block of each is the one least hit by
+        # other jobs (bursts land on one side or the other and swing a median ratio by ±0.1); the medians are kept too.
+        f, b = min(full_s), min(bare_s)
         n_par = sum(p.numel() for p in tr.model.parameters())
         rows.append({"net": f"MLP {hidden}x3 ({n_par / 1e3:.0f}k params)", "batch": batch, "full step/s": 1 / f,
-                     "bare fwd+bwd/s": 1 / b, "full/bare time": f / b, "target ≤ 1.2": "yes" if f / b <= 1.2 else "NO"})
+                     "bare fwd+bwd/s": 1 / b, "full/bare time": f / b, "target ≤ 1.2": "yes" if f / b <= 1.2 else "NO",
+                     "median full/bare": statistics.median(full_s) / statistics.median(bare_s)})
     return rows
 
 
@@ -82,9 +87,14 @@ def digits(device: str, quick: bool, budget_s: float, net: str = "mlp") -> tuple
     from scoresde.train import Trainer
 
     data = load_data("digits")
-    size = dict(hidden=128, n_blocks=2) if quick else dict(hidden=512, n_blocks=3, dropout=0.1)
+    size = dict(hidden=128, n_blocks=2) if quick else dict(hidden=256, n_blocks=3, dropout=0.1)
+    # "v" output: at large t the network's share of the score is damped by m(t), so an eps-output net's
+    # off-data extrapolation cannot blow the ODE up (eps output, 512x3: z ~ 1e22 for 2/180 test images
+    # after 600 s -> log p_T(z) = -inf). Likelihood weighting with importance sampling: the loss is the
+    # bound on -log p that bits/dim measure.
     cfg = TrainConfig(data="digits", net=net, batch_size=128, channels=32, lr=1e-3, ema_decay=0.999 if not quick else 0.99,
-                      warmup=100, out="", device=device, final_eval=False, seed=0, **size)
+                      warmup=100, out="", device=device, final_eval=False, seed=0, parameterization="v",
+                      weighting="likelihood", importance_sampling=True, eps=1e-5, **size)
     tr = Trainer(cfg, progress=False)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < budget_s:
@@ -104,16 +114,20 @@ def digits(device: str, quick: bool, budget_s: float, net: str = "mlp") -> tuple
 
     def row(name, v, note=""):
         return {"model": name, "test bits/dim": float(v.mean()), "± se": float(v.std() / math.sqrt(len(v))),
-                "discrete bits/dim": float(v.mean()) + offset, "note": note}
+                "median": float(v.median()), "discrete bits/dim": float(v.mean()) + offset, "note": note}
 
     rows = [
         row("diagonal Gaussian", diag),
         row("full-covariance Gaussian", full),
-        row(f"{'U-Net' if net == 'unet' else 'MLP'} score model, {tr.step} steps", bpd, f"{train_s:.0f} s training, ODE {res.nfe} NFE, {lik_s:.0f} s"),
+        row(f"{'U-Net' if net == 'unet' else 'MLP'} score model, {tr.step} steps", bpd,
+            f"{train_s:.0f} s training, ODE {res.nfe} NFE, {lik_s:.0f} s, max |z| {float(res.z.abs().max()):.3g}"),
     ]
-    beats = float(bpd.mean()) < float(full.mean()) and float(bpd.mean()) < float(diag.mean())
-    meta = {"steps": tr.step, "train_s": train_s, "n_test": n_test, "beats_both_gaussians": beats,
-            "params": sum(p.numel() for p in model.parameters())}
+    n_bad = int((~torch.isfinite(bpd)).sum())
+    beats = n_bad == 0 and float(bpd.mean()) < float(full.mean()) and float(bpd.mean()) < float(diag.mean())
+    meta = {"steps": tr.step, "train_s": train_s, "n_test": n_test, "beats_both_gaussians": beats, "non_finite_test_images": n_bad,
+            "params": sum(p.numel() for p in model.parameters()),
+            "config": {k: v for k, v in cfg.to_dict().items() if k in ("net", "hidden", "n_blocks", "dropout", "parameterization", "weighting",
+                                                                         "importance_sampling", "eps", "lr", "batch_size", "ema_decay", "warmup", "grad_clip", "sde")}}
     return rows, meta
 
 
@@ -124,6 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=float, default=None, help="digits training seconds (default 900, quick 5)")
     p.add_argument("--net", choices=("mlp", "unet"), default="mlp", help="digits network (default mlp)")
+    p.add_argument("--part", choices=("all", "ring", "digits"), default="all", help="run only the ring timing or only digits (default both)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default on cpu: 1 — on small shared machines extra threads spin and thrash; the ratio is what is measured)")
     args = p.parse_args(argv)
@@ -134,10 +149,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
 
-    ring = ring_throughput(args.device, args.quick)
-    t1 = write_results(out, "training_throughput", ring, {"machine": machine_note(args.device), "quick": args.quick})
-    print("## Ring: full training step vs bare forward+backward\n")
-    print(t1)
+    if args.part in ("all", "ring"):
+        ring = ring_throughput(args.device, args.quick)
+        t1 = write_results(out, "training_throughput", ring, {"machine": machine_note(args.device), "quick": args.quick})
+        print("## Ring: full training step vs bare forward+backward (best of interleaved repeats)\n")
+        print(t1)
+    if args.part == "ring":
+        return 0
     rows, meta = digits(args.device, args.quick, budget, args.net)
     t2 = write_results(out, "training_digits", rows, {"machine": machine_note(args.device), "quick": args.quick, **meta})
     print("\n## Digits 8x8: test bits/dim (continuous, [-1, 1] scale; discrete adds log2(8.5))\n")
