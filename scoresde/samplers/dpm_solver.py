@@ -3,7 +3,6 @@ integrator of the probability-flow ODE in the data-prediction form, for any `Lin
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 import torch
