@@ -69,9 +69,11 @@ class DPMSolver(Sampler):
         midpoint = k_max == 3 and n > 1 and orders[0] == 1
         # The whole schedule, once per call and in float64: every update is then a fixed linear combination
         # of the state and the stored `e = m D = x + σ² s` (newest first).
-        a, c, cc, sig2 = _coefficients(sde, ts.double(), orders)
+        # Scalars only: built on the CPU from one copy of the grid (one host sync, before the loop), so no
+        # per-step small kernels or solves run on an accelerator.
+        a, c, cc, sig2 = _coefficients(sde, ts.detach().double().cpu(), orders)
         correct = [self.corrector and i < n - 1 and not (i == 0 and midpoint) for i in range(n)]
-        a, c, cc, sig2 = a.tolist(), c.tolist(), cc.tolist(), sig2.tolist()  # one host sync, before the loop
+        a, c, cc, sig2 = a.tolist(), c.tolist(), cc.tolist(), sig2.tolist()
         history: List[Tensor] = []
         x_prev = x
         for i in trange(n, disable=not progress, desc="dpm_solver", leave=False):
@@ -107,19 +109,19 @@ class DPMSolver(Sampler):
         return (std[1] / std[0]) * x - m[1] * torch.expm1(-(lam[1] - lam[0])) * d_s
 
 
-def _unic_weights(lam: Tensor, i: int, k: int) -> List[Tensor]:
-    """UniC's `ρ` (Zhao et al. 2023, bh2): `R ρ = b`, `R_qj = r_j^{q-1}`, `r_j = (λ_{i-j} - λ_i)/h` (r_k = 1),
-    `b_q = q! φ_{q+1}(-h)/(e^{-h} - 1)` with `φ_{q+1}` the exponential-integrator functions; k = 1 is the trapezoid 1/2."""
-    if k == 1:
-        return [lam.new_tensor(0.5)]
-    h = lam[i + 1] - lam[i]
+def _unic_weights(h: Tensor, r: List[Tensor]) -> List[Tensor]:
+    """UniC's `ρ` (Zhao et al. 2023, bh2) for a step of length `h` in λ with earlier nodes at `r_j = (λ_{i-j} - λ_i)/h`:
+    `R ρ = b`, `R_qj = r_j^{q-1}` (with `r_k = 1`, the new node), `b_q = q! φ_{q+1}(-h)/(e^{-h} - 1)`, `φ` the
+    exponential-integrator functions. With no earlier node (k = 1) it is the trapezoid, `ρ = 1/2`."""
+    if not r:
+        return [h.new_tensor(0.5)]
     hh = -h
     big_b = torch.expm1(hh)
-    r = torch.stack([(lam[i - j] - lam[i]) / h for j in range(1, k)] + [lam.new_tensor(1.0)])
+    nodes = torch.stack(r + [h.new_tensor(1.0)])
     rows, b = [], []
-    hphi, fact = torch.expm1(hh) / hh - 1, 1
-    for q in range(1, k + 1):
-        rows.append(r ** (q - 1))
+    hphi, fact = big_b / hh - 1, 1
+    for q in range(1, len(r) + 2):
+        rows.append(nodes ** (q - 1))
         b.append(hphi * fact / big_b)
         fact *= q + 1
         hphi = hphi / hh - 1 / fact
@@ -141,8 +143,8 @@ def _coefficients(sde, ts: Tensor, orders: List[int]):
     lam = m.log() - std.log()
     n = len(ts) - 1
     a = std[1:] / std[:-1]
-    c = torch.zeros(n, 3, dtype=torch.float64, device=ts.device)
-    cc = torch.zeros(n, 4, dtype=torch.float64, device=ts.device)
+    c = torch.zeros(n, 3, dtype=torch.float64)
+    cc = torch.zeros(n, 4, dtype=torch.float64)
     h = lam[1:] - lam[:-1]
     phi1 = torch.expm1(-h)
     w0 = -m[1:] * phi1  # weight of D_i in the first-order update
@@ -166,10 +168,11 @@ def _coefficients(sde, ts: Tensor, orders: List[int]):
             c[i, j] = v / m[i - j]  # the history holds e = m D, not D
         if i == n - 1:
             continue  # the last step is never corrected
-        rho = _unic_weights(lam, i, k)
+        r = [(lam[i - j] - lam[i]) / h[i] for j in range(1, k)]
+        rho = _unic_weights(h[i], r)
         mb = -m[i + 1] * phi1[i]  # -m_{i+1} B(h), B = e^{-h} - 1 = φ₁
         cc[i, 0] = mb * rho[-1] / m[i + 1]
-        cc[i, 1] = (w0[i] - mb * (rho[-1] + sum(rho[j - 1] / ((lam[i - j] - lam[i]) / h[i]) for j in range(1, k)))) / m[i]
+        cc[i, 1] = (w0[i] - mb * (rho[-1] + sum(rj_rho / rj for rj_rho, rj in zip(rho, r)))) / m[i]
         for j in range(1, k):
-            cc[i, 1 + j] = mb * rho[j - 1] / ((lam[i - j] - lam[i]) / h[i]) / m[i - j]
+            cc[i, 1 + j] = mb * rho[j - 1] / r[j - 1] / m[i - j]
     return a, c, cc, std[:-1] ** 2
