@@ -28,7 +28,7 @@ TOY = ("ring", "checkerboard", "moons", "swissroll")
 BUILTIN = TOY + ("digits",)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-__all__ = ["Data", "load_data", "load_dataset", "toy_sample", "BUILTIN", "TOY"]
+__all__ = ["Data", "MissingDependency", "load_data", "load_dataset", "toy_sample", "BUILTIN", "TOY"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _digits(seed: int, test_fraction: float) -> Data:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn (or scoresde[data])") from None
+        raise MissingDependency("the digits data set needs scikit-learn: pip install scikit-learn (or scoresde[data])") from None
     d = load_digits()
     values = torch.as_tensor(d.images, dtype=torch.float32).reshape(-1, 1, 8, 8)  # integers 0..16
     return _quantised(values, 17, seed, test_fraction, torch.as_tensor(d.target, dtype=torch.long), 10)
@@ -128,8 +128,20 @@ def _from_array(a: np.ndarray, where: str, seed: int, test_fraction: float) -> D
     return Data(tr, te)
 
 
+class MissingDependency(ImportError):
+    """An optional package (scikit-learn, Pillow) that a data set needs is not installed."""
+
+
 def _load_file(path: Path, seed: int, test_fraction: float) -> Data:
     where = str(path)
+    kind = "an .npz archive" if path.suffix == ".npz" else "a .npy array"
+    with open(path, "rb") as f:  # OSError (permissions, ...) propagates as itself
+        head = f.read(6)
+    magic = b"PK\x03\x04" if path.suffix == ".npz" else b"\x93NUMPY"
+    if not head.startswith(magic):
+        # np.load would try to unpickle it and advise allow_pickle=True: wrong (it is not a pickle we wrote) and unsafe.
+        raise ValueError(f"{where}: not {kind} (its first bytes are not the {'zip' if path.suffix == '.npz' else 'NumPy'} format's; "
+                         f"{'empty file' if not head else 'damaged or another format'})")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -142,8 +154,15 @@ def _load_file(path: Path, seed: int, test_fraction: float) -> Data:
                     raise ValueError(f"{where}: an .npz must hold one array or one named 'x', found {keys or 'none'}")
         else:
             a = np.load(path, allow_pickle=False)
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{where}: cannot read the array ({e})") from None
+    except ValueError as e:
+        msg = str(e)
+        if msg.startswith(where):
+            raise
+        if "pickle" in msg.lower() or "object arrays" in msg.lower():
+            raise ValueError(f"{where}: holds an object (pickled) array; only numeric arrays are read") from None
+        raise ValueError(f"{where}: cannot read {kind} ({' '.join(msg.split())[:160]})") from None
+    except Exception as e:  # OSError, EOFError, zipfile.BadZipFile, ...: damaged or truncated
+        raise ValueError(f"{where}: cannot read {kind}: damaged or truncated ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     return _from_array(a, where, seed, test_fraction)
 
 
@@ -151,14 +170,18 @@ def _load_images(folder: Path, seed: int, test_fraction: float) -> Data:
     try:
         from PIL import Image
     except ImportError:
-        raise ImportError("image folders need Pillow: pip install pillow (or scoresde[data])") from None
+        raise MissingDependency("image folders need Pillow: pip install pillow (or scoresde[data])") from None
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     imgs = []
     for p in files:
-        with Image.open(p) as im:
-            imgs.append(im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy())
+        try:
+            with Image.open(p) as im:
+                im.load()  # decode now: a truncated or damaged file fails here, named
+                imgs.append(im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy())
+        except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+            raise ValueError(f"{p}: cannot read the image ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     mode = "RGB" if any(im.mode == "RGB" for im in imgs) else "L"
     arrs = [np.asarray(im.convert(mode)) for im in imgs]
     sizes = {a.shape[:2] for a in arrs}
