@@ -19,6 +19,8 @@ from .sde import CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
 SDE_NAMES = ("vp", "subvp", "ve", "cosine")
 NET_NAMES = ("auto", "mlp", "unet")
+# The sampler names of API.md (as `scoresde.samplers.SAMPLERS`; kept here so a config is checked without importing the samplers).
+SAMPLER_NAMES = ("euler_maruyama", "reverse_diffusion", "pc", "langevin", "sde", "ode", "dpm_solver")
 
 __all__ = ["TrainConfig", "build_sde", "sde_config", "sde_from_config", "SDE_NAMES"]
 
@@ -97,6 +99,8 @@ class TrainConfig:
         choice("parameterization", PARAMETERIZATIONS)
         choice("weighting", WEIGHTINGS)
         choice("t_sampling", T_SAMPLINGS)
+        if isinstance(self.eval_sampler, str):  # checked here, before any training step, not at the final evaluation
+            choice("eval_sampler", SAMPLER_NAMES)
         for f in fields(self):
             v = getattr(self, f.name)
             want = {"int": int, "float": float, "bool": bool, "str": str}.get(f.type)
