@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .config import TrainConfig, build_sde, sde_config, sde_from_config
 from .data import load_data
@@ -41,7 +42,7 @@ from .losses import dsm_loss_per_sample, sample_time
 from .model import ScoreModel
 from .nets import build_net
 
-__all__ = ["TrainConfig", "Trainer", "train", "load", "CHECKPOINT"]
+__all__ = ["TrainConfig", "Trainer", "train", "load", "CHECKPOINT", "CheckpointError", "TrainingInterrupted", "read_checkpoint", "ema_warmup_decay"]
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
@@ -53,10 +54,63 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (damaged, truncated, another format, or missing keys)."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived during `fit`; a checkpoint of the last finished step was saved first."""
+
+    def __init__(self, message: str, signum: int, step: int, checkpoint: Optional[Path]):
+        super().__init__(message)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+def ema_warmup_decay(decay: float, n: int) -> float:
+    """The EMA decay at update `n` (0-based count of earlier updates): `min(decay, (1 + n) / (10 + n))`.
+
+    A warm-up as in Song et al.'s and Karras et al.'s code: early updates average over only
+    the ~n steps seen so far, so a short run's EMA holds (almost) no weight of the random
+    initialisation (with a constant 0.995, 300 steps keep 0.995^300 ≈ 22% of it). The first
+    update (n = 0) copies the weights, as `AveragedModel` does."""
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
+def ema_warmup_multi_avg_fn(decay: float):
+    """An `AveragedModel` `multi_avg_fn` applying `ema_warmup_decay` (it reads `num_averaged` on the host:
+    the trainer's own update counts on the host instead and is bit-identical to this)."""
+
+    @torch.no_grad()
+    def fn(ema_list, model_list, num_averaged):
+        _ema_lerp(ema_list, model_list, ema_warmup_decay(decay, int(num_averaged)))
+
+    return fn
+
+
+def _constant_multi_avg_fn(decay: float):
+    @torch.no_grad()
+    def fn(ema_list, model_list, num_averaged):
+        _ema_lerp(ema_list, model_list, decay)
+
+    return fn
+
+
+def _ema_lerp(ema_list, model_list, decay: float) -> None:
+    # As torch.optim.swa_utils.get_ema_multi_avg_fn, with the decay a Python float (no host sync).
+    if ema_list and torch.is_floating_point(ema_list[0]):
+        torch._foreach_lerp_(ema_list, model_list, 1.0 - decay)
+    else:
+        torch._foreach_mul_(ema_list, decay)
+        torch._foreach_add_(ema_list, model_list, alpha=1.0 - decay)
+
+
+def _resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={name!r} is not a device (use cpu, cuda, cuda:N, or auto)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={name!r} but CUDA is not available")
@@ -88,8 +142,12 @@ class Trainer:
         if resume:
             path = self.out / CHECKPOINT
             if path.is_file():
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                config = _merge_resumed(TrainConfig.from_dict(ckpt["config"]), config)
+                ckpt = read_checkpoint(path, _RESUME_KEYS)
+                try:
+                    saved = TrainConfig.from_dict(ckpt["config"])
+                except (TypeError, ValueError) as e:
+                    raise CheckpointError(f"{path}: the checkpoint's saved config is not valid ({_one_line(e)})") from None
+                config = _merge_resumed(saved, config)
             elif self.rank == 0:
                 warnings.warn(f"resume: no checkpoint in {self.out}, starting a new run", stacklevel=2)
         self.config = c = config
@@ -118,7 +176,12 @@ class Trainer:
         net = build_net(kind, **net_kwargs)
         sigma_data = float(data.train.std()) if ckpt is None else ckpt["model_config"]["sigma_data"]
         self.model = ScoreModel(net, self.sde, c.parameterization, sigma_data=sigma_data, event_shape=self.event_shape).to(self.device)
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
+        # EMA with warm-up (see `ema_warmup_decay`); checkpoints written before the warm-up existed carry no
+        # "ema_schedule" and resume with the constant decay they were trained with.
+        self.ema_schedule = "warmup" if ckpt is None else ckpt.get("ema_schedule", "constant")
+        avg_fn = ema_warmup_multi_avg_fn if self.ema_schedule == "warmup" else _constant_multi_avg_fn
+        self.ema = AveragedModel(self.model, multi_avg_fn=avg_fn(c.ema_decay), use_buffers=True)
+        self.ema_step = 0  # EMA updates done (== ema.n_averaged, counted on the host)
         self.ema.module.eval()
         self._ema_groups: Optional[list] = None  # cached (EMA tensors, model tensors) per device/dtype, see _update_ema
         self._params = [p for p in self.model.parameters() if p.requires_grad]
@@ -135,7 +198,11 @@ class Trainer:
         self.gen = torch.Generator(device=self.device)
         self._perm_epoch, self._perm = -1, None
         if ckpt is not None:
-            self._restore(ckpt)
+            try:
+                self._restore(ckpt)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                raise CheckpointError(f"{self.out / CHECKPOINT}: cannot resume from this checkpoint ({type(e).__name__}: {_one_line(e)})") from None
+        self.resumed = ckpt is not None
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -159,6 +226,8 @@ class Trainer:
         self._ema_groups = None
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
+        # Older checkpoints have no "ema_step"; their EMA counted its updates in n_averaged (one per step).
+        self.ema_step = int(ckpt["ema_step"]) if "ema_step" in ckpt else int(self.ema.n_averaged)
         rng = ckpt.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
@@ -238,25 +307,46 @@ class Trainer:
 
         `AveragedModel.update_parameters` collects (and detaches) every parameter and buffer of
         both models, groups them by device and dtype, then applies its `multi_avg_fn` (here
-        `get_ema_multi_avg_fn`: one foreach lerp) — the collection costs ~0.3 ms a step for a
+        `ema_warmup_multi_avg_fn`: one foreach lerp) — the collection costs ~0.3 ms a step for a
         small MLP on the CPU. The first update (which, at `n_averaged == 0`, copies the weights)
         goes through `update_parameters` itself; later ones apply the same `multi_avg_fn` to the
-        same groups, cached, and count `n_averaged` the same way, so the EMA is bit-identical."""
+        same groups, cached, with the decay of update n (`ema_warmup_decay`) computed from a host-side count
+        (`self.ema_step`, saved in the checkpoint), and count `n_averaged` the same way, so the EMA is
+        bit-identical to `update_parameters` with `ema_warmup_multi_avg_fn`."""
         if self._ema_groups is None:
-            self.ema.update_parameters(self.model)
+            if self.ema_step == 0:
+                self.ema.update_parameters(self.model)
+                self._ema_groups = _ema_groups(self.ema, self.model)
+                self.ema_step = 1
+                return
             self._ema_groups = _ema_groups(self.ema, self.model)
-            return
+        n, d = self.ema_step, self.config.ema_decay
+        decay = ema_warmup_decay(d, n) if self.ema_schedule == "warmup" else d
         for ema_tensors, model_tensors in self._ema_groups:
-            self.ema.multi_avg_fn(ema_tensors, model_tensors, self.ema.n_averaged)
+            _ema_lerp(ema_tensors, model_tensors, decay)
         self.ema.n_averaged += 1
+        self.ema_step = n + 1
 
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> Path:
+        """Train to `config.steps` (from the resumed step) and return the run folder.
+
+        SIGINT / SIGTERM (in the main thread) stop the loop after the current step: a checkpoint
+        of that step is saved, then `TrainingInterrupted` is raised (a second signal aborts at once).
+        A resumed run that has already reached `config.steps` trains and evaluates nothing."""
         c = self.config
         main = self.rank == 0
+        if self.step >= c.steps:
+            self._teardown()
+            return self.out
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.out)
+            if self.resumed:
+                _truncate_log(self.out / "log.jsonl", self.step)
+            else:
+                (self.out / "log.jsonl").unlink(missing_ok=True)  # a fresh run: no records of an earlier one
             _atomic_write_text(self.out / "config.toml", c.to_toml())
         # On the CPU a host read of the loss is free, so check every step; on CUDA batch the checks to avoid syncs.
         check_every = 1 if self.device.type == "cpu" else min(c.log_every, 50)
@@ -267,6 +357,8 @@ class Trainer:
 
             bar = tqdm(total=c.steps, initial=self.step, desc=f"train {Path(c.data).name}", unit="step", dynamic_ncols=True)
         t0, ema_loss = time.perf_counter(), None
+        self._interrupt = None
+        restore = self._install_signal_handlers()
         try:
             while self.step < c.steps:
                 loss = self.train_step()
@@ -274,7 +366,9 @@ class Trainer:
                 s = self.step
                 due_ckpt = s % c.ckpt_every == 0 or s == c.steps
                 due_eval = c.eval_every > 0 and s % c.eval_every == 0
-                if len(pending) >= check_every or s % c.log_every == 0 or due_ckpt or due_eval:
+                stop = self._interrupt is not None and self.world_size == 1
+                flush = len(pending) >= check_every or s % c.log_every == 0 or due_ckpt or due_eval or stop
+                if flush:
                     values = torch.stack([v for _, v in pending]).tolist()
                     for (st, _), v in zip(pending, values):
                         if not math.isfinite(v):
@@ -287,17 +381,65 @@ class Trainer:
                         bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
                     if main and s % c.log_every == 0:
                         self._log({"step": s, "loss": ema_loss, "lr": self.opt.param_groups[0]["lr"], "time_s": time.perf_counter() - t0})
+                    if self.world_size > 1:
+                        stop = self._agree_on_stop()  # every rank flushes at the same steps: no rank waits alone
                 if due_ckpt and main:
                     self.save_checkpoint()
+                if stop:
+                    path = None
+                    if main:
+                        path = self.out / CHECKPOINT
+                        if not due_ckpt:
+                            self.save_checkpoint()
+                    signum = self._interrupt or signal.SIGINT
+                    name = signal.Signals(signum).name
+                    raise TrainingInterrupted(f"interrupted by {name} at step {s} of {c.steps}; checkpoint saved to {path} "
+                                              f"(continue with --resume)", signum, s, path)
                 if due_eval and main:
                     self.evaluate()
             if main and c.final_eval:
                 self.evaluate()
         finally:
+            restore()
             if bar is not None:
                 bar.close()
             self._teardown()
         return self.out
+
+    def _install_signal_handlers(self):
+        """SIGINT/SIGTERM set a flag the loop reads after each step; returns a function restoring the old handlers."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old = {}
+
+        def handler(signum, frame):
+            if self._interrupt is not None:  # the second signal: stop now, without a checkpoint
+                raise KeyboardInterrupt
+            self._interrupt = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):  # pragma: no cover - not allowed here
+                pass
+
+        def restore():
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+        return restore
+
+    def _agree_on_stop(self) -> bool:
+        import torch.distributed as dist
+
+        flag = torch.tensor([0 if self._interrupt is None else int(self._interrupt)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        v = int(flag.item())
+        if v and self._interrupt is None:
+            self._interrupt = v
+        return bool(v)
 
     def _teardown(self) -> None:
         if self._owns_pg:
@@ -325,6 +467,8 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
             "step": self.step,
+            "ema_step": self.ema_step,
+            "ema_schedule": self.ema_schedule,
             "rng": rng,
         }
 
@@ -345,9 +489,11 @@ class Trainer:
             sample = None
         if sample is not None and c.eval_samples > 0:
             g = torch.Generator(device=dev).manual_seed(_step_seed(c.seed, self.step, stream=7))
-            x = sample(self.sde, model, (c.eval_samples,) + self.event_shape, sampler=c.eval_sampler, steps=c.eval_steps, generator=g, device=dev)
-            ref = self.test_x[: c.eval_samples] if len(self.event_shape) == 1 else None
-            save_samples(x[:64] if len(self.event_shape) == 3 else x, self.out / f"samples_{self.step:07d}.png",
+            images = _looks_like_images(self.event_shape, len(c.channel_mults))
+            x = sample(self.sde, model, (c.eval_samples,) + self.event_shape, sampler=c.eval_sampler, steps=c.eval_steps,
+                       generator=g, device=dev, progress=self.progress)
+            ref = None if images else self.test_x[: c.eval_samples]
+            save_samples(x[:64] if images else x, self.out / f"samples_{self.step:07d}.png",
                          title=f"EMA samples, step {self.step} ({c.eval_sampler}, {c.eval_steps} steps)", reference=ref)
         if c.eval_bpd > 0:
             try:
@@ -392,10 +538,20 @@ def _ema_groups(ema: AveragedModel, model: nn.Module) -> list:
     return list(groups.values())
 
 
+def _looks_like_images(event_shape: Tuple[int, ...], levels: int) -> bool:
+    """(C, H, W) with 1 or 3 channels and H, W divisible by the U-Net's downsampling (and at least 4): images.
+    Any other shape (N, D), (N, 1), (N, A, B, C, ...) is a vector, flattened into the MLP."""
+    if len(event_shape) != 3:
+        return False
+    c, h, w = event_shape
+    k = 2 ** max(levels - 1, 0)
+    return c in (1, 3) and h >= 4 and w >= 4 and h % k == 0 and w % k == 0
+
+
 def _net_spec(c: TrainConfig, event_shape: Tuple[int, ...], num_classes: int):
     kind = c.net
     if kind == "auto":
-        kind = "unet" if len(event_shape) == 3 else "mlp"
+        kind = "unet" if _looks_like_images(event_shape, len(c.channel_mults)) else "mlp"
     if kind == "unet":
         if len(event_shape) != 3:
             raise ValueError(f"net='unet' needs image data (C, H, W), got samples of shape {event_shape}")
@@ -434,6 +590,51 @@ def _atomic_save(obj: Any, path: Path) -> None:
             tmp.unlink()
 
 
+def remove_stale_temp_files(folder: Path) -> list:
+    """Remove the temporary files (`.checkpoint.pt.tmp<PID>`, `.config.toml.tmp<PID>`) that a process killed
+    during a save leaves behind, unless that process is still alive; return the paths removed."""
+    removed = []
+    for pattern in (f".{CHECKPOINT}.tmp*", ".config.toml.tmp*"):
+        for p in Path(folder).glob(pattern):
+            suffix = p.name.rsplit(".tmp", 1)[-1]
+            pid = int(suffix) if suffix.isdigit() else None
+            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                continue
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:  # pragma: no cover
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:  # not a pid
+        return False
+    except OSError:  # e.g. PermissionError: it exists
+        return True
+    return True
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` (logged after the checkpoint a run resumes from), so they are not repeated."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(line)
+    _atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
@@ -445,23 +646,58 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     return Trainer(config, resume=resume, progress=progress).fit()
 
 
+_LOAD_KEYS = ("model_config", "sde", "ema")
+_RESUME_KEYS = ("config", "model_config", "sde", "model", "ema", "optimizer", "step")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def read_checkpoint(path: str | os.PathLike, required: Tuple[str, ...] = _LOAD_KEYS) -> Dict[str, Any]:
+    """The dict in a scoresde checkpoint file, read with `torch.load(weights_only=True)` on the CPU.
+
+    Every way a file can fail to be one (random bytes, empty, truncated, another format such as
+    an `.npz` renamed `.pt`, a torch file that is not a dict or lacks `required` keys) raises
+    `CheckpointError` (a `ValueError`) naming the file; unreadable files raise `OSError` as usual."""
+    p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: the checkpoint file is empty (0 bytes)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # UnpicklingError, EOFError, RuntimeError (zip reader), BadZipFile, ... : all mean "not a checkpoint"
+        # Not the exception's text: torch's UnpicklingError runs to many lines and advises weights_only=False.
+        raise CheckpointError(f"{p}: not a readable scoresde checkpoint (damaged, truncated or another format; torch.load raised {type(e).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{p}: not a scoresde checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{p}: not a scoresde checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
 def load(path: str | os.PathLike, device: Optional[str | torch.device] = None) -> Tuple[ScoreModel, Any]:
-    """`(model, sde)` from a checkpoint file or a run folder: the EMA weights, in eval mode, on `device` (default cpu)."""
+    """`(model, sde)` from a checkpoint file or a run folder: the EMA weights, in eval mode, on `device` (default cpu).
+
+    A missing file raises `FileNotFoundError`; a file that is not a readable scoresde checkpoint `CheckpointError` (a `ValueError`)."""
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r} (expected a run folder holding {CHECKPOINT}, or a checkpoint file)")
+    ckpt = read_checkpoint(p, _LOAD_KEYS)
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
         mc, sde = ckpt["model_config"], sde_from_config(ckpt["sde"])
         net_cfg = dict(mc["net"])
         net = build_net(net_cfg.pop("kind"), **net_cfg)
         model = ScoreModel(net, sde, mc["parameterization"], sigma_data=mc["sigma_data"], event_shape=mc["event_shape"])
         ema = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
         model.load_state_dict(ema)
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise ValueError(f"{p} is not a scoresde checkpoint or is damaged: {e}") from None
+    except Exception as e:  # KeyError, TypeError, ValueError, RuntimeError (state dict mismatch), AttributeError, ...
+        raise CheckpointError(f"{p}: not a scoresde checkpoint or damaged ({type(e).__name__}: {_one_line(e)})") from None
     dev = torch.device(device) if device is not None else torch.device("cpu")
     model = model.to(dev).eval().requires_grad_(False)
     return model, sde

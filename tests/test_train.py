@@ -52,15 +52,18 @@ def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
 
 
 def test_cached_ema_update_is_averaged_model_update_bit_for_bit(tmp_path):
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    tr = Trainer(tiny(tmp_path, dropout=0.1, ema_decay=0.9), progress=False)
-    ref = AveragedModel(tr.model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
-    for _ in range(6):
+    from scoresde.train import ema_warmup_multi_avg_fn
+
+    # The warm-up ramp min(0.9, (1+n)/(10+n)) reaches 0.9 at n = 80; 90 steps cover the ramp and the constant part.
+    tr = Trainer(tiny(tmp_path, dropout=0.1, ema_decay=0.9, steps=90), progress=False)
+    ref = AveragedModel(tr.model, multi_avg_fn=ema_warmup_multi_avg_fn(0.9), use_buffers=True)
+    for _ in range(90):
         tr.train_step()
         ref.update_parameters(tr.model)  # the library's own update, on the same weights
     _states_equal(tr.ema.state_dict(), ref.state_dict())
-    assert int(tr.ema.n_averaged) == 6
+    assert int(tr.ema.n_averaged) == 90 == tr.ema_step
     assert not all(torch.equal(p, q) for p, q in zip(tr.ema.module.parameters(), tr.model.parameters()))
 
 
