@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 SAMPLER_NAMES = ("euler_maruyama", "reverse_diffusion", "pc", "langevin", "sde", "ode", "dpm_solver")
 TOY_DATA = ("ring", "checkerboard", "moons", "swissroll", "digits")
+EXACT_MAX_DIM = 16  # `likelihood --divergence auto`: exact trace up to this data dimension
 
 
 class UserError(Exception):
@@ -75,25 +76,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+TRAIN_FLAGS = ("data", "sde", "steps", "batch_size", "lr", "out", "device", "seed", "net", "parameterization", "ema_decay", "ckpt_every")
+RUN_FILES = ("checkpoint.pt", "log.jsonl", "config.toml")
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import CHECKPOINT, Trainer, TrainConfig, default_out
+
+    if args.resume and args.force:
+        raise UserError("--resume and --force contradict each other (continue the run, or start it over)")
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
-    overrides = {k: getattr(args, k) for k in ("data", "sde", "steps", "batch_size", "lr", "out", "device", "seed") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if "out" in overrides:
         overrides["out"] = str(overrides["out"])
     if args.config is None and args.data is None:
         raise UserError("--data is required (or give --config FILE.toml that sets data)")
-    config = config.replace(**overrides) if hasattr(config, "replace") else _replace(config, overrides)
-    run_dir = train(config, resume=args.resume, progress=not args.no_progress)
+    config = config.replace(**overrides)
+    if config.device != "auto":
+        _check_device(config.device)
+    out = Path(config.out) if config.out else default_out(config)
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if existing and not args.resume:
+        if not args.force:
+            raise UserError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume, "
+                            f"start it over with --force, or give another --out")
+        for f in [CHECKPOINT, "log.jsonl"] + [p.name for p in out.glob("samples_*.png")]:
+            (out / f).unlink(missing_ok=True)
+    trainer = Trainer(config, resume=args.resume, progress=not args.no_progress)
+    if trainer.step >= trainer.config.steps:
+        trainer.fit()  # trains nothing; releases a process group
+        if trainer.rank != 0:
+            return 0
+        print(f"nothing to train: {trainer.out} is already at step {trainer.step} and --steps is {trainer.config.steps} "
+              f"(give a larger --steps to continue); no evaluation run")
+        return 0
+    run_dir = trainer.fit()
     print(f"run folder: {run_dir}")
     return 0
 
 
-def _replace(config, overrides):
-    import dataclasses
+def _check_device(name: str) -> str:
+    """`name` if torch accepts it as a device that exists here, else a UserError."""
+    import torch
 
-    return dataclasses.replace(config, **overrides)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device {name!r} is not a device (use cpu, cuda, cuda:N, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name!r}: CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception:
+            raise UserError(f"--device {name!r} is not available here") from None
+    return name
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -103,7 +143,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .plotting import save_samples
 
     sampler = resolve_sampler(args.sampler)
-    device = args.device or _default_device()
+    device = _check_device(args.device or _default_device())
     model, sde = load(args.ckpt, device=device)
     shape = (args.n,) + tuple(model.event_shape)
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -113,7 +153,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     npz = out.with_suffix(".npz")
     _atomic_npz(npz, x=x.detach().cpu().numpy())
-    save_samples(x, out, title=f"{args.sampler}, {args.steps} steps")
+    save_samples(x, out, title=f"{args.sampler}, {args.steps} steps, {args.n} samples of shape {tuple(shape[1:])}")
     print(f"wrote {out} and {npz} ({args.n} samples of shape {tuple(shape[1:])})")
     return 0
 
@@ -135,9 +175,12 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     from . import bits_per_dim, load, log_likelihood
     from .data import load_dataset
 
-    device = args.device or _default_device()
+    device = _check_device(args.device or _default_device())
     model, sde = load(args.ckpt, device=device)
     _, test = load_dataset(args.data)
+    divergence = args.divergence
+    if divergence == "auto":  # exact costs D score-Jacobian rows; for small D that is cheaper than noisy probes
+        divergence = "exact" if math.prod(model.event_shape) <= EXACT_MAX_DIM else "hutchinson"
     x = test[: args.n].to(device)
     if tuple(x.shape[1:]) != tuple(model.event_shape):
         raise UserError(f"--data samples have shape {tuple(x.shape[1:])}, the model expects {tuple(model.event_shape)}")
@@ -145,16 +188,16 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     bpd, nfe = [], 0
     chunks = list(torch.split(x, args.batch_size))
     for chunk in tqdm(chunks, desc="likelihood", unit="batch", disable=args.no_progress or len(chunks) == 1):
-        res = log_likelihood(sde, model, chunk, divergence=args.divergence, generator=gen)
+        res = log_likelihood(sde, model, chunk, divergence=divergence, generator=gen)
         bpd.append(bits_per_dim(res.logp, chunk.shape[1:]))
         nfe += res.nfe
     bpd = torch.cat(bpd).double().cpu()
     mean, se = float(bpd.mean()), float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
-    result = {"bits_per_dim": mean, "stderr": se, "n": len(bpd), "nfe": nfe, "divergence": args.divergence}
+    result = {"bits_per_dim": mean, "stderr": se, "n": len(bpd), "nfe": nfe, "divergence": divergence}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"bits/dim = {mean:.4f} ± {se:.4f} (n={len(bpd)}, {nfe} score evaluations, {args.divergence} divergence)")
+        print(f"bits/dim = {mean:.4f} ± {se:.4f} (n={len(bpd)}, {nfe} score evaluations, {divergence} divergence)")
     return 0
 
 
@@ -169,7 +212,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' after every option that has a default worth showing (not None, not a False switch)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "%(default)" in (action.help or "") or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config import NET_NAMES, SDE_NAMES, TrainConfig
+
+    D = TrainConfig()
     p = argparse.ArgumentParser(
         prog="scoresde",
         description="Score-based generative modelling through SDEs: train, sample with pluggable solvers, compute likelihoods.",
@@ -177,68 +232,117 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    d = sub.add_parser("demo", help="train a small model on the 2-D ring, sample with several solvers, compare with the exact truth, write a report")
-    d.add_argument("--out", default="scoresde-demo", help="output folder (default: ./scoresde-demo)")
+    def parser(name, **kw):
+        return sub.add_parser(name, formatter_class=_Formatter, **kw)
+
+    d = parser("demo", help="train a small model on the 2-D ring, sample with several solvers, compare with the exact truth, write a report")
+    d.add_argument("--out", default="scoresde-demo", help="output folder")
     d.add_argument("--quick", action="store_true", help="a smaller, faster run (about a minute)")
-    d.add_argument("--digits", action="store_true", help="also train a small U-Net on scikit-learn's 8x8 digits")
+    d.add_argument("--digits", action="store_true", help="also train a small MLP on scikit-learn's 8x8 digits")
     d.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available else cpu)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--seed", type=int, default=0, help="random seed")
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train a score model by denoising score matching")
-    t.add_argument("--data", default=None, help=f"{', '.join(TOY_DATA)}, FILE.npz, FILE.npy or IMAGE_DIR")
-    t.add_argument("--sde", choices=("vp", "subvp", "ve"), default=None, help="forward SDE (default vp)")
-    t.add_argument("--steps", type=_positive_int, default=None, help="optimisation steps")
-    t.add_argument("--batch-size", type=_positive_int, default=None, dest="batch_size", help="global batch size")
-    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    # train: flags default to None so that a --config file's values stand unless a flag is given; the help shows TrainConfig's defaults.
+    t = parser("train", help="train a score model by denoising score matching",
+               description="Train a score model. Flags override --config FILE.toml, which overrides the defaults shown; "
+                           "every TrainConfig field can be set in the TOML file.")
+    t.add_argument("--data", default=None, help=f"{', '.join(TOY_DATA)}, FILE.npz, FILE.npy or IMAGE_DIR (required unless --config sets it)")
+    t.add_argument("--sde", choices=SDE_NAMES, default=None, help=f"forward SDE (default: {D.sde})")
+    t.add_argument("--steps", type=_positive_int, default=None, help=f"optimisation steps (default: {D.steps})")
+    t.add_argument("--batch-size", type=_positive_int, default=None, dest="batch_size", help=f"global batch size (default: {D.batch_size})")
+    t.add_argument("--lr", type=_positive_float, default=None, help=f"learning rate (default: {D.lr})")
+    t.add_argument("--net", choices=NET_NAMES, default=None, help=f"network; auto is the U-Net for (C, H, W) images, the MLP otherwise (default: {D.net})")
+    t.add_argument("--parameterization", choices=_parameterizations(), default=None, help=f"what the network outputs (default: {D.parameterization})")
+    t.add_argument("--ema-decay", type=_unit_float, default=None, dest="ema_decay",
+                   help=f"EMA decay, ramped up as min(decay, (1+n)/(10+n)) over the first updates n (default: {D.ema_decay})")
+    t.add_argument("--ckpt-every", type=_positive_int, default=None, dest="ckpt_every", help=f"checkpoint interval in steps (default: {D.ckpt_every})")
     t.add_argument("--config", default=None, help="TOML file with TrainConfig fields; flags given here override it")
-    t.add_argument("--out", default=None, help="run folder (checkpoints, samples, config)")
+    t.add_argument("--out", default=None, help="run folder: checkpoint, config, log, sample pictures (default: runs/<data>-<sde>)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    t.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available else cpu)")
-    t.add_argument("--seed", type=int, default=None, help="random seed")
+    t.add_argument("--force", action="store_true", help="start over in a run folder that already holds a run (its checkpoint and log are deleted)")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available else cpu)")
+    t.add_argument("--seed", type=int, default=None, help=f"random seed (default: {D.seed})")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="draw samples from a trained model; writes a PNG and an .npz")
+    s = parser("sample", help="draw samples from a trained model; writes a PNG and an .npz")
     s.add_argument("--ckpt", required=True, help="run folder or checkpoint file")
-    s.add_argument("--sampler", default="dpm_solver", help=f"{', '.join(SAMPLER_NAMES)} or module:Class (default dpm_solver)")
-    s.add_argument("--steps", type=_positive_int, default=20, help="time steps (default 20)")
-    s.add_argument("--n", type=_positive_int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("--sampler", default="dpm_solver", help=f"{', '.join(SAMPLER_NAMES)} or module:Class")
+    s.add_argument("--steps", type=_positive_int, default=20, help="time steps")
+    s.add_argument("--n", "--num-samples", type=_positive_int, default=1000, dest="n", help="number of samples")
     s.add_argument("--out", default="samples.png", help="PNG to write; the samples go to the same name with .npz")
-    s.add_argument("--device", default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available else cpu)")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
-    lk = sub.add_parser("likelihood", help="bits/dim of data under a trained model, via the probability-flow ODE")
+    lk = parser("likelihood", help="bits/dim of data under a trained model, via the probability-flow ODE")
     lk.add_argument("--ckpt", required=True, help="run folder or checkpoint file")
     lk.add_argument("--data", required=True, help=f"{', '.join(TOY_DATA)}, FILE.npz, FILE.npy or IMAGE_DIR (its test split)")
-    lk.add_argument("--n", type=_positive_int, default=500, help="number of data points (default 500)")
-    lk.add_argument("--batch-size", type=_positive_int, default=250, dest="batch_size")
-    lk.add_argument("--divergence", choices=("exact", "hutchinson"), default="hutchinson")
+    lk.add_argument("--n", "--num-samples", type=_positive_int, default=500, dest="n", help="number of data points")
+    lk.add_argument("--batch-size", type=_positive_int, default=250, dest="batch_size", help="points per ODE solve")
+    lk.add_argument("--divergence", choices=("auto", "exact", "hutchinson"), default="auto",
+                    help=f"trace of the score Jacobian; auto is exact up to {EXACT_MAX_DIM} dimensions, Hutchinson's estimator above")
     lk.add_argument("--json", action="store_true", help="print one JSON object")
-    lk.add_argument("--device", default=None)
-    lk.add_argument("--seed", type=int, default=0)
-    lk.add_argument("--no-progress", action="store_true")
+    lk.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available else cpu)")
+    lk.add_argument("--seed", type=int, default=0, help="random seed (Hutchinson probes)")
+    lk.add_argument("--no-progress", action="store_true", help="no progress bar")
     lk.set_defaults(func=cmd_likelihood)
 
-    b = sub.add_parser("bench", help="run a benchmark: tables and plots against the exact-score oracle")
+    b = parser("bench", help="run a benchmark: tables and plots against the exact-score oracle")
     b.add_argument("which", choices=("solvers", "likelihood", "training"))
     b.add_argument("--quick", action="store_true", help="a smoke-sized run (under a minute)")
-    b.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
-    b.add_argument("--device", default=None)
+    b.add_argument("--out", default=None, help="output folder (default: benchmarks/results)")
+    b.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available else cpu)")
     b.set_defaults(func=cmd_bench)
     return p
 
 
+def _parameterizations():
+    from .model import PARAMETERIZATIONS
+
+    return tuple(PARAMETERIZATIONS)
+
+
+def _unit_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
+    if not (0 <= v < 1):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s}")
+    return v
+
+
+def _user_errors() -> tuple:
+    """Exception types that mean 'what the user asked for cannot be done' (one line, exit 2), not a bug here."""
+    from .data import MissingDependency
+    from .train import NonFiniteLossError
+
+    return (UserError, ValueError, TypeError, OSError, NonFiniteLossError, MissingDependency)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in text:
+        text += f": {e.filename}"
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from .train import TrainingInterrupted
+
     try:
         return args.func(args)
-    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+    except TrainingInterrupted as e:
+        print(f"scoresde: {_one_line(e)}", file=sys.stderr)
+        return 128 + int(e.signum)
+    except _user_errors() as e:
         if os.environ.get("SCORESDE_DEBUG"):
             raise
-        print(f"scoresde: error: {e}", file=sys.stderr)
+        print(f"scoresde: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scoresde: interrupted", file=sys.stderr)
