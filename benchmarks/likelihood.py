@@ -25,8 +25,8 @@ from benchmarks._common import machine_note, markdown_table, out_dir, peak_memor
 import torch  # noqa: E402  (after _common pinned the BLAS threads)
 
 import scoresde  # noqa: E402
-from scoresde._utils import trusted  # noqa: E402
-from scoresde.likelihood import _PFODEFunc, _draw_probes, log_likelihood  # noqa: E402
+from scoresde.likelihood import _draw_probes, _exact_divergence, _hutchinson_divergence, log_likelihood  # noqa: E402
+from scoresde.samplers.ode import ProbabilityFlowField  # noqa: E402
 
 EPS = 1e-5
 TOLS = (1e-3, 1e-4, 1e-5)
@@ -94,19 +94,19 @@ def cost_rows(sde, device, dtype, quick: bool):
             with torch.no_grad():
                 sf(x, tb)
 
-        with trusted():
-            base = _median_time(score_fwd_vjp, device, reps)
-            fwd = _median_time(score_fwd, device, reps)
-            for divergence in ("hutchinson", "exact"):
-                if divergence == "exact":
-                    func, delta = _PFODEFunc(sde, sf, batch, "exact"), torch.zeros(batch, device=device, dtype=dtype)
-                else:
-                    func = _PFODEFunc(sde, sf, batch, "hutchinson", e[None])
-                    delta = torch.zeros(1, batch, device=device, dtype=dtype)
-                secs = _median_time(lambda: func(t, (x, delta)), device, reps)
-                rows.append({"data": name, "D": mix.dim, "batch": batch, "divergence": divergence,
-                             "score fwd ms": round(1e3 * fwd, 3), "score fwd+VJP ms": round(1e3 * base, 3),
-                             "ODE func ms": round(1e3 * secs, 3), "ratio to fwd+VJP": round(secs / base, 2)})
+        base = _median_time(score_fwd_vjp, device, reps)
+        fwd = _median_time(score_fwd, device, reps)
+        for divergence in ("hutchinson", "exact"):
+            if divergence == "exact":
+                func = ProbabilityFlowField(sde, sf, batch, _exact_divergence)
+                delta = torch.zeros(batch, device=device, dtype=dtype)
+            else:
+                func = ProbabilityFlowField(sde, sf, batch, lambda v, xx: _hutchinson_divergence(v, xx, e[None]))
+                delta = torch.zeros(1, batch, device=device, dtype=dtype)
+            secs = _median_time(lambda: func(t, (x, delta)), device, reps)
+            rows.append({"data": name, "D": mix.dim, "batch": batch, "divergence": divergence,
+                         "score fwd ms": round(1e3 * fwd, 3), "score fwd+VJP ms": round(1e3 * base, 3),
+                         "ODE func ms": round(1e3 * secs, 3), "ratio to fwd+VJP": round(secs / base, 2)})
     return rows
 
 

@@ -19,7 +19,10 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._utils import check_positive, check_tensor, event_dim, trusted
+from ._utils import (check_batch, check_callable, check_choice, check_eps, check_generator, check_int, check_positive,
+                     check_solver_dtype, check_tensor, event_dim)
+from .samplers import CountingScore
+from .samplers.ode import ProbabilityFlowField, check_method, solve_ode
 from .sde import SDE
 
 __all__ = [
@@ -38,11 +41,6 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 DIVERGENCES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
-# torchdiffeq's methods (scipy_solver left out: it goes through the host).
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
-# Fixed-grid methods integrate on this many uniform steps unless `options` says otherwise.
-DEFAULT_FIXED_STEPS = 100
 # Exact divergence: how many basis vectors go through one batched VJP, as a budget on chunk·B·D.
 # Small on CPU, where cache-sized chunks ran 5x faster than all D at once (mixture64, B=256);
 # large on accelerators, which want wide batches.
@@ -62,48 +60,6 @@ class LikelihoodResult:
     nfe: int  # score evaluations spent
     delta_logp: Tensor  # (B,) ∫_eps^T ∇·v dt, nats
     stderr: Optional[Tensor] = None  # (B,) or None
-
-
-class _PFODEFunc(torch.nn.Module):
-    """torchdiffeq's `func(t, state)` for the probability-flow ODE, optionally augmented with its divergence.
-
-    `mode=None`: state `x`, returns `v`. `mode="exact"`: state `(x, Δ)` with `Δ` of shape `(B,)`.
-    `mode="hutchinson"`: state `(x, Δ)` with `Δ` of shape `(P, B)`, one entry per fixed probe
-    `ε_p` (`probes`, shape `(P, *x.shape)`), `dΔ_p/dt = ε_pᵀ (∂v/∂x) ε_p`.
-    Counts score evaluations in `nfe`."""
-
-    def __init__(self, sde: SDE, score_fn: ScoreFn, batch: int, mode: Optional[str] = None,
-                 probes: Optional[Tensor] = None):
-        super().__init__()
-        self.score_fn = score_fn
-        self.flow = sde.reverse(self._score, probability_flow=True)
-        self.batch, self.mode, self.probes, self.nfe = batch, mode, probes, 0
-
-    def _score(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        s = self.score_fn(x, t)
-        if not isinstance(s, Tensor) or s.shape != x.shape:  # metadata only: no host sync
-            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
-        return s
-
-    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.flow.drift(x, t.to(x.dtype).expand(self.batch))
-
-    def forward(self, t: Tensor, state):
-        if self.mode is None:
-            with torch.no_grad():
-                return self.velocity(state, t)
-        x = state[0]
-        # The graph lives only inside this call: built on a detached leaf, freed when we return.
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            v = self.velocity(x, t)
-            if self.mode == "exact":
-                div = _exact_divergence(v, x)
-            else:
-                div = _hutchinson_divergence(v, x, self.probes)
-        return v.detach(), div.detach()
 
 
 def _exact_divergence(v: Tensor, x: Tensor) -> Tensor:
@@ -151,41 +107,21 @@ def _draw_probes(shape: Tuple[int, ...], noise: str, ref: Tensor, generator: Opt
 # -- validation and the solve -------------------------------------------------------
 
 
-def _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options) -> Tuple[float, float, float, dict]:
+def _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options, likelihood=True):
+    """The checks `log_likelihood`, `encode` and `decode` share; returns `(rtol, atol, eps, options)`."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
-    check_tensor(x, name, min_ndim=2)
-    if x.shape[0] == 0 or event_dim(x) == 0:
-        raise ValueError(f"{name} must hold at least one non-empty sample, got shape {tuple(x.shape)}")
-    if not isinstance(method, str) or method not in ADAPTIVE_METHODS + FIXED_METHODS:
-        raise ValueError(f"method must be one of {list(ADAPTIVE_METHODS + FIXED_METHODS)}, got {method!r}")
+    check_callable(score_fn, "score_fn")
+    check_batch(x, name)
+    check_solver_dtype(x, name)
+    check_method(method)
     rtol, atol = check_positive(rtol, "rtol"), check_positive(atol, "atol")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a number, got {type(eps).__name__}")
-    if not (0.0 < eps < sde.T):
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    if eps is None:
+        eps = sde.default_likelihood_eps
+    eps = check_eps(eps, sde.T)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict of torchdiffeq solver options, got {type(options).__name__}")
-    return rtol, atol, float(eps), dict(options or {})
-
-
-def _solve(func: _PFODEFunc, state, t0: float, t1: float, ref: Tensor, method: str, rtol: float, atol: float,
-           options: dict):
-    """`odeint` from `t0` to `t1`; returns the end state."""
-    from torchdiffeq import odeint
-
-    t = torch.tensor([t0, t1], device=ref.device, dtype=ref.dtype)
-    if method in ADAPTIVE_METHODS:
-        # Land exactly on the end point: stepping past it evaluates the field outside [0, T]
-        # (t < 0 is NaN for VP; t > T is NaN for the cosine schedule) -> "underflow in dt".
-        options.setdefault("step_t", t[1:])
-    elif "step_size" not in options and "grid_constructor" not in options:
-        options["step_size"] = abs(t1 - t0) / DEFAULT_FIXED_STEPS
-    with trusted():  # inputs were validated once at the entry; no per-call range checks (host syncs)
-        out = odeint(func, state, t, rtol=rtol, atol=atol, method=method, options=options)
-    return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+    return rtol, atol, eps, dict(options or {})
 
 
 def log_likelihood(
@@ -198,7 +134,7 @@ def log_likelihood(
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    eps: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     n_probes: int = 1,
     options: Optional[dict] = None,
@@ -209,10 +145,13 @@ def log_likelihood(
     score evaluation: small `D` only); `"hutchinson"` uses `n_probes` probes
     `ε` (`noise` `"rademacher"` or `"gaussian"`, drawn from `generator`), fixed
     along the trajectory, averaged, with their standard error in `stderr`. The
-    estimate of `logp` is unbiased. `method`, `rtol`, `atol` go to
-    `torchdiffeq.odeint` (fixed-grid methods take `DEFAULT_FIXED_STEPS` uniform
-    steps unless `options` has `step_size`); `options` is passed through.
-    `nfe` counts score evaluations. Memory does not grow with the solver steps.
+    estimate of `logp` is unbiased. `method` (any of torchdiffeq's, the same
+    table as `sample(sampler="ode")`), `rtol`, `atol` go to `torchdiffeq.odeint`
+    (fixed-grid methods take 100 uniform steps unless `options` has
+    `step_size`); `options` is passed through. `eps=None` is
+    `sde.default_likelihood_eps` (1e-5 for the built-ins; for another linear SDE
+    the time of VP's noise level at 1e-5). `nfe` counts score evaluations.
+    Memory does not grow with the solver steps.
 
     `logp` uses `sde.prior_logp` for `log p_T`. The SDE's prior is built for
     zero-mean data; data with mean `μ` adds roughly `m(T)·zᵀμ/s²` (prior std `s`)
@@ -221,34 +160,35 @@ def log_likelihood(
     caller with a better `log p_T` can use it instead.
     """
     rtol, atol, eps, options = _check_common(sde, score_fn, x, "x", method, rtol, atol, eps, options)
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {list(NOISES)}, got {noise!r}")
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive int, got {n_probes!r}")
+    check_choice(divergence, "divergence", DIVERGENCES)
+    check_choice(noise, "noise", NOISES)
+    n_probes = check_int(n_probes, "n_probes")
     if divergence == "exact" and n_probes != 1:
         raise ValueError("n_probes applies to divergence='hutchinson' only")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
 
     B = x.shape[0]
     x = x.detach()
+    counted = CountingScore(score_fn)
     if divergence == "exact":
-        func = _PFODEFunc(sde, score_fn, B, "exact")
+        field = ProbabilityFlowField(sde, counted, B, _exact_divergence)
         delta0 = torch.zeros(B, device=x.device, dtype=x.dtype)
     else:
         probes = _draw_probes((n_probes,) + tuple(x.shape), noise, x, generator)
-        func = _PFODEFunc(sde, score_fn, B, "hutchinson", probes)
+        field = ProbabilityFlowField(sde, counted, B, lambda v, xx: _hutchinson_divergence(v, xx, probes))
         delta0 = torch.zeros(n_probes, B, device=x.device, dtype=x.dtype)
-    z, delta = _solve(func, (x, delta0), eps, sde.T, x, method, rtol, atol, options)
-    with trusted():
-        prior = sde.prior_logp(z)
+    z, delta = solve_ode(field, (x, delta0), eps, sde.T, x, method=method, rtol=rtol, atol=atol, options=options)
+    prior = sde._prior_logp(z)
     if divergence == "exact":
-        return LikelihoodResult(prior + delta, z, func.nfe, delta)
+        return LikelihoodResult(prior + delta, z, counted.calls, delta)
     stderr = delta.std(0) / math.sqrt(n_probes) if n_probes > 1 else None
     delta = delta.mean(0)
-    return LikelihoodResult(prior + delta, z, func.nfe, delta, stderr)
+    return LikelihoodResult(prior + delta, z, counted.calls, delta, stderr)
+
+
+def _flow(sde, score_fn, x, t0, t1, method, rtol, atol, options) -> Tensor:
+    field = ProbabilityFlowField(sde, CountingScore(score_fn), x.shape[0])
+    return solve_ode(field, x.detach(), t0, t1, x, method=method, rtol=rtol, atol=atol, options=options)
 
 
 def encode(
@@ -259,13 +199,12 @@ def encode(
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    eps: Optional[float] = None,
     options: Optional[dict] = None,
 ) -> Tensor:
     """`x(eps) -> x(T)`: the probability-flow ODE `dx/dt = f - ½ g² s` integrated forward (no gradients kept)."""
     rtol, atol, eps, options = _check_common(sde, score_fn, x, "x", method, rtol, atol, eps, options)
-    func = _PFODEFunc(sde, score_fn, x.shape[0])
-    return _solve(func, x.detach(), eps, sde.T, x, method, rtol, atol, options)
+    return _flow(sde, score_fn, x, eps, sde.T, method, rtol, atol, options)
 
 
 def decode(
@@ -276,13 +215,12 @@ def decode(
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    eps: Optional[float] = None,
     options: Optional[dict] = None,
 ) -> Tensor:
     """`x(T) -> x(eps)`: the same ODE integrated backward from the latent `z` (the inverse of `encode`)."""
     rtol, atol, eps, options = _check_common(sde, score_fn, z, "z", method, rtol, atol, eps, options)
-    func = _PFODEFunc(sde, score_fn, z.shape[0])
-    return _solve(func, z.detach(), sde.T, eps, z, method, rtol, atol, options)
+    return _flow(sde, score_fn, z, sde.T, eps, method, rtol, atol, options)
 
 
 # -- bits per dimension and dequantisation ------------------------------------------

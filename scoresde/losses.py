@@ -25,7 +25,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._utils import append_dims, batch_time, check_tensor, flat_sum, trusted
+from ._utils import check_batch, check_time, flat_sum
 
 WEIGHTINGS = ("sigma2", "likelihood")
 T_SAMPLINGS = ("iid", "stratified", "antithetic")
@@ -39,7 +39,7 @@ _IS_GRID = 4097
 
 
 def _check_options(sde, eps: float, weighting: str, importance_sampling: bool, t_sampling: str) -> float:
-    if not hasattr(sde, "marginal_coefs"):
+    if not hasattr(sde, "_schedule"):
         raise TypeError(f"sde must be a LinearSDE (with marginal_coefs), got {type(sde).__name__}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -60,12 +60,12 @@ def _is_table(sde, eps: float, ref: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     key = (eps, ref.device, ref.dtype)
     if key not in per_sde:
         if eps not in per_sde:
-            with torch.no_grad(), trusted():
+            with torch.no_grad():
                 u = torch.linspace(math.log(eps), math.log(sde.T), _IS_GRID, dtype=torch.float64)
                 t = u.exp().clamp(max=sde.T)
-                _, std = sde.marginal_coefs(t)
+                sched = sde._schedule(t)
                 # density in u: (g²/σ²)(t) · dt/du
-                q = sde.diffusion(t).square() / std.square() * t
+                q = sched.g2 / sched.sigma.square() * t
                 cells = 0.5 * (q[1:] + q[:-1]) * (u[1:] - u[:-1])
                 cdf = torch.cat([torch.zeros(1, dtype=torch.float64), cells.cumsum(0)])
                 cdf = cdf / cdf[-1]
@@ -115,9 +115,11 @@ def sample_time(
 
 def time_weight(sde, t: Tensor, *, weighting: str = "sigma2", importance_sampling: bool = False, eps: float = 1e-5) -> Tensor:
     """`λ(t)/σ(t)²`, divided by `(T - eps) q(t)` when `t ~ q` (importance sampling): the factor on `½‖σ s + ε‖²`."""
-    with trusted():
-        _, std = sde.marginal_coefs(t)
-        w = torch.ones_like(t) if weighting == "sigma2" else sde.diffusion(t).square() / std.square()
+    if weighting == "sigma2":
+        w = torch.ones_like(t)
+    else:
+        sched = sde._schedule(t)
+        w = sched.g2 / sched.sigma.square()
     if importance_sampling:
         u, _, p_u = _is_table(sde, eps, t)
         lt = t.log()
@@ -147,7 +149,7 @@ def dsm_loss_per_sample(
     taken to come from the sampler that `importance_sampling` names (so it is
     weighted accordingly). `model(x, t)` (or `model(x, t, labels)`) is any score function."""
     eps = _check_options(sde, eps, weighting, importance_sampling, t_sampling)
-    check_tensor(x0, "x0", min_ndim=2, finite=False)  # no NaN check: that would sync every training step
+    check_batch(x0, "x0", finite=False)  # no NaN check: that would sync every training step
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
     B = x0.shape[0]
@@ -155,18 +157,16 @@ def dsm_loss_per_sample(
         t = sample_time(sde, B, eps=eps, importance_sampling=importance_sampling, t_sampling=t_sampling,
                         generator=generator, device=x0.device, dtype=x0.dtype)
     else:
-        t = batch_time(t, B, x0, sde.T, "t")
+        t = check_time(t, B, x0, sde.T, "t")  # an injected t: checked once (one host sync)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif not isinstance(noise, Tensor) or noise.shape != x0.shape:
         raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}, got {getattr(noise, 'shape', type(noise).__name__)}")
-    with trusted():
-        m, std = sde.marginal_coefs(t)
-    nd = x0.ndim
-    xt = append_dims(m, nd) * x0 + append_dims(std, nd) * noise
+    sched = sde._schedule(t)
+    xt = sched.perturb(x0, noise)
     score = model(xt, t) if labels is None else model(xt, t, labels)
     # λ‖s + ε/σ‖² written as (λ/σ²)‖σ s + ε‖²: no division by a tiny σ.
-    resid = append_dims(std, nd) * score.to(x0.dtype) + noise
+    resid = sched.dsm_residual(score.to(x0.dtype), noise)
     w = time_weight(sde, t, weighting=weighting, importance_sampling=importance_sampling, eps=eps)
     return 0.5 * w * flat_sum(resid.square())
 

@@ -11,7 +11,7 @@ read according to `parameterization`:
 - `"x0"`:    `net ≈ E[x₀ | x_t]`,  score `= (m net - x_t) / σ²`  (Tweedie)
 - `"v"`:     `net ≈ α ε - β x₀/σ_data`, score `= -(β c_in x_t + α net) / σ`, `α = m σ_data c_in`, `β = σ c_in`
 
-Only `marginal_coefs` of the SDE is used, so every `LinearSDE` works.
+Only the SDE's `Schedule` (`m`, `σ` and the conversions) is used, so every `LinearSDE` works.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._utils import TimeLike, append_dims, batch_time, trusted
+from ._utils import TimeLike, append_dims, batch_time
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
 
@@ -49,7 +49,7 @@ class ScoreModel(nn.Module):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-        if not hasattr(sde, "marginal_coefs"):
+        if not hasattr(sde, "_schedule"):
             raise TypeError(f"sde must be a LinearSDE (with marginal_coefs), got {type(sde).__name__}")
         if not callable(net):
             raise TypeError(f"net must be callable, got {type(net).__name__}")
@@ -66,50 +66,44 @@ class ScoreModel(nn.Module):
 
     def preconditioning(self, t: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """`(m, σ, c_in, c_noise)` at `t`, each `(B,)`."""
-        m, std = self.sde.marginal_coefs(t)
-        c_in = torch.rsqrt(m * m * self.sigma_data**2 + std * std)
+        sched = self.sde._schedule(t)
+        return sched.m, sched.sigma, sched.c_in(self.sigma_data), self._c_noise(sched)
+
+    @staticmethod
+    def _c_noise(sched) -> Tensor:
         # log σ is -inf at t = 0 exactly; clamp so the network input stays finite there.
-        c_noise = torch.log(std.clamp_min(torch.finfo(std.dtype).tiny ** 0.5)) - torch.log(m)
-        return m, std, c_in, c_noise
+        std = sched.sigma
+        return torch.log(std.clamp_min(torch.finfo(std.dtype).tiny ** 0.5)) - torch.log(sched.m)
 
     def forward(self, x: Tensor, t: TimeLike, labels: Optional[Tensor] = None) -> Tensor:
+        # Shape only: the caller (a sampler, the loss) owns the values of t; a host sync here would cost every step.
         t = batch_time(t, x.shape[0], x)
-        with trusted():  # the caller (sampler, loss) owns validation of t
-            m, std, c_in, c_noise = self.preconditioning(t)
-        out = self.net(x * append_dims(c_in, x.ndim), c_noise, labels) if labels is not None else self.net(x * append_dims(c_in, x.ndim), c_noise)
-        return self.output_to_score(out.to(x.dtype), x, m, std, c_in)
+        sched = self.sde._schedule(t)
+        x_in = x * append_dims(sched.c_in(self.sigma_data), x.ndim)
+        c_noise = self._c_noise(sched)
+        out = self.net(x_in, c_noise, labels) if labels is not None else self.net(x_in, c_noise)
+        return self.output_to_score(out.to(x.dtype), x, sched)
 
-    def output_to_score(self, out: Tensor, x: Tensor, m: Tensor, std: Tensor, c_in: Tensor) -> Tensor:
-        """Read the network output as a score, for the chosen parameterization."""
-        nd = x.ndim
+    def output_to_score(self, out: Tensor, x: Tensor, sched) -> Tensor:
+        """Read the network output as a score, for the chosen parameterization (conversions from `Schedule`)."""
         if self.parameterization == "eps":
-            return -out / append_dims(std, nd)
+            return sched.score_from_eps(out)
         if self.parameterization == "score":
             return out
         if self.parameterization == "x0":
-            return (append_dims(m, nd) * out - x) / append_dims(std * std, nd)
-        alpha, beta = self._v_coefs(m, std, c_in)
-        # With x̃ = c_in x_t = α x₀/σ_data + β ε and α² + β² = 1, the noise is ε = β x̃ + α v.
-        eps = append_dims(beta, nd) * x * append_dims(c_in, nd) + append_dims(alpha, nd) * out
-        return -eps / append_dims(std, nd)
-
-    def _v_coefs(self, m: Tensor, std: Tensor, c_in: Tensor) -> Tuple[Tensor, Tensor]:
-        """`α = m σ_data c_in`, `β = σ c_in` (so `α² + β² = 1`, `x̃ = c_in x_t = α x₀/σ_data + β ε`); `v = α ε - β x₀/σ_data`."""
-        return m * self.sigma_data * c_in, std * c_in
+            return sched.score_from_x0(x, out)
+        return sched.score_from_v(x, out, self.sigma_data)
 
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """What the network should output for `x_t = m x₀ + σ ε` (for tests and custom losses)."""
-        with trusted():
-            m, std, c_in, _ = self.preconditioning(batch_time(t, x0.shape[0], x0))
-        nd = x0.ndim
+        sched = self.sde._schedule(batch_time(t, x0.shape[0], x0))
         if self.parameterization == "eps":
             return noise
         if self.parameterization == "score":
-            return -noise / append_dims(std, nd)
+            return sched.score_from_eps(noise)
         if self.parameterization == "x0":
             return x0
-        alpha, beta = self._v_coefs(m, std, c_in)
-        return append_dims(alpha, nd) * noise - append_dims(beta, nd) * x0 / self.sigma_data
+        return sched.v_target(x0, noise, self.sigma_data)
 
     def config(self) -> Dict[str, Any]:
         """A plain description (network config, parameterization, sigma_data, event_shape) that `load` rebuilds from."""

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._utils import TimeLike, batch_time, check_tensor
+from ._utils import TimeLike, batch_time, check_tensor, check_time
 from .sde import LinearSDE
 
 __all__ = ["GaussianMixture", "ring8", "grid_mixture", "random_mixture", "mixture64"]
@@ -92,24 +92,25 @@ class GaussianMixture:
             self._cache[key] = (cast(self.weights.log()), cast(self.means), cast(self.eigvals), cast(self.eigvecs))
         return self._cache[key]
 
-    def _coefs(self, x: Tensor, t: Optional[TimeLike], sde: Optional[LinearSDE]) -> Tuple[Tensor, Tensor]:
+    def _coefs(self, x: Tensor, t: Optional[TimeLike], sde: Optional[LinearSDE], checked: bool = True) -> Tuple[Tensor, Tensor]:
         B = x.shape[0]
         if t is None:
             one = torch.ones(B, device=x.device, dtype=x.dtype)
             return one, torch.zeros_like(one)
         if sde is None:
             raise ValueError("sde is required when t is given")
-        if not hasattr(sde, "marginal_coefs"):
+        if not hasattr(sde, "_marginal_coefs"):
             raise TypeError(f"sde must be a LinearSDE (with marginal_coefs), got {type(sde).__name__}")
-        t = batch_time(t, B, x, sde.T)
-        return sde.marginal_coefs(t)
+        # A user's call checks t's values (one host sync); the bound score_fn, which solvers call every step, only its shape.
+        t = check_time(t, B, x, sde.T) if checked else batch_time(t, B, x)
+        return sde._marginal_coefs(t)
 
-    def _components(self, x: Tensor, t, sde) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _components(self, x: Tensor, t, sde, checked: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-component log-density `(B, K)`, whitened residual pieces for the score."""
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
         logw, mu, lam, U = self._params(x)
-        m, s = self._coefs(x, t, sde)
+        m, s = self._coefs(x, t, sde, checked)
         xf = x.flatten(1)  # (B, D)
         r = xf[:, None, :] - m[:, None, None] * mu[None]  # (B, K, D)
         if U is not None:
@@ -127,7 +128,10 @@ class GaussianMixture:
     def score(self, x: Tensor, t: Optional[TimeLike] = None, *, sde: Optional[LinearSDE] = None) -> Tensor:
         """`∇ₓ log p_t(x) = -Σ_k r_k(x) (m² Σ_k + σ² I)⁻¹ (x - m μ_k)`, `r_k` the posterior responsibilities."""
         check_tensor(x, "x", min_ndim=2, finite=False)
-        logc, r, var, U = self._components(x, t, sde)
+        return self._score(x, t, sde, True)
+
+    def _score(self, x: Tensor, t, sde, checked: bool) -> Tensor:
+        logc, r, var, U = self._components(x, t, sde, checked)
         resp = torch.softmax(logc, dim=1)  # (B, K)
         g = -(r / var) * resp[:, :, None]  # (B, K, D)
         if U is not None:
@@ -136,7 +140,7 @@ class GaussianMixture:
 
     def score_fn(self, sde: LinearSDE) -> Callable[[Tensor, Tensor], Tensor]:
         """The exact score of the marginals of `sde`, as a `score_fn(x, t)` for samplers and likelihoods."""
-        if not hasattr(sde, "marginal_coefs"):
+        if not hasattr(sde, "_marginal_coefs"):
             raise TypeError(f"sde must be a LinearSDE (with marginal_coefs), got {type(sde).__name__}")
         return partial(_bound_score, self, sde)
 
@@ -182,7 +186,7 @@ class GaussianMixture:
 
 
 def _bound_score(mix: GaussianMixture, sde: LinearSDE, x: Tensor, t: Tensor) -> Tensor:
-    return mix.score(x, t, sde=sde)
+    return mix._score(x, t, sde, False)
 
 
 def ring8(radius: float = 2.0, std: float = 0.15, n_modes: int = 8) -> GaussianMixture:

@@ -4,7 +4,18 @@ The forward SDE is the single source of truth: the reverse SDE and the
 probability-flow ODE (`SDE.reverse`) are thin views built from it and a score
 function. A linear SDE `dx = f(t) x dt + g(t) dw` needs only its two schedule
 functions (`LinearSDE`); everything else (marginals, prior, exact
-discretisation, log-SNR) is derived, by quadrature when no closed form is given.
+discretisation, log-SNR, the `Schedule` table the solvers read) is derived, by
+quadrature when no closed form is given.
+
+Checked and unchecked methods: every public method that takes a time
+(`drift`, `diffusion`, `marginal`, `discretize`, `prior_logp`, `drift_coef`,
+`marginal_coefs`, `half_log_snr`, `schedule`) validates its arguments on every
+call — `t` finite and in `[0, T]`, on any device (one host sync) — and then calls
+the unchecked kernel of the same name with a leading underscore (`_drift`, ...),
+which trusts a `(B,)` time tensor on the state's device and dtype. Solvers call
+the kernels. A subclass may implement either name: a public method it defines
+(`def diffusion(self, t)`, as in the README) becomes its kernel, and the checked
+wrapper stays in front of it.
 """
 
 from __future__ import annotations
@@ -21,14 +32,15 @@ from torch import Tensor
 from ._utils import (
     TimeLike,
     append_dims,
-    batch_time,
     check_nonneg,
     check_positive,
+    check_shape,
     check_tensor,
+    check_time,
     event_dim,
     flat_sum,
-    time_only,
 )
+from .schedule import Schedule
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,29 +52,86 @@ __all__ = [
     "VESDE",
     "CosineVPSDE",
     "ReverseSDE",
+    "Schedule",
 ]
+
+# Public names whose subclass definitions become the unchecked kernel `_name` behind the checked wrapper.
+_CHECKED = ("drift", "diffusion", "marginal", "discretize", "prior_logp",
+            "drift_coef", "marginal_coefs", "half_log_snr", "schedule")
+
+# Song et al.'s smallest sampling time for VP and sub-VP; any other LinearSDE samples down to VP's noise level there.
+_VP_SAMPLE_EPS = 1e-3
+_VP_LIKELIHOOD_EPS = 1e-5
+
+
+def _checked(fn):
+    fn._checks_inputs = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _xt(self, x, t, name="x"):
+    x = check_tensor(x, name, min_ndim=1, finite=False)
+    return x, check_time(t, x.shape[0], x, self.T)
+
+
+def _t(self, t):
+    return check_time(t, None, None, self.T)
 
 
 class SDE(abc.ABC):
     """A forward Itô SDE `dx = f(x, t) dt + g(t) dw`, `t in [0, T]`, with a tractable prior at `T`.
 
     Subclasses implement `drift`, `diffusion`, `marginal`, `prior_sample` and
-    `prior_logp`; `reverse` and `discretize` come for free.
-    """
+    `prior_logp` (or their unchecked kernels `_drift`, ...); `reverse` and
+    `discretize` come for free. `default_eps` is the smallest time samplers reach
+    unless told otherwise."""
 
     T: float = 1.0
+    default_eps: float = _VP_SAMPLE_EPS
+    default_likelihood_eps: float = _VP_LIKELIHOOD_EPS
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in _CHECKED:
+            fn = cls.__dict__.get(name)
+            if fn is None or getattr(fn, "_checks_inputs", False):
+                continue
+            inherited = next((b.__dict__[name] for b in cls.__mro__[1:] if name in b.__dict__), None)
+            if inherited is None or not getattr(inherited, "_checks_inputs", False):
+                continue
+            setattr(cls, "_" + name, fn)
+            delattr(cls, name)
+
+    # -- checked public methods ---------------------------------------------------
+
+    @_checked
     def drift(self, x: Tensor, t: TimeLike) -> Tensor:
         """`f(x, t)`, shaped like `x` (batch-first, any trailing shape); `t` is `(B,)` or a float."""
+        return self._drift(*_xt(self, x, t))
 
-    @abc.abstractmethod
+    @_checked
     def diffusion(self, t: TimeLike) -> Tensor:
         """`g(t)`, shape `(B,)`."""
+        return self._diffusion(_t(self, t))
 
-    @abc.abstractmethod
+    @_checked
     def marginal(self, x0: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
         """Mean (shaped like `x0`) and std (shape `(B,)`) of the transition `p_0t(x_t | x_0)`."""
+        return self._marginal(*_xt(self, x0, t, "x0"))
+
+    @_checked
+    def discretize(self, x: Tensor, t: TimeLike, dt: TimeLike) -> Tuple[Tensor, Tensor]:
+        """Forward step from `t - dt` to `t`: `x_t ≈ x + f_i + G_i z` with `(f_i, G_i)`, `G_i` of shape `(B,)`."""
+        x, t = _xt(self, x, t)
+        dt = check_time(dt, x.shape[0], x, None, "dt")
+        if bool((dt > t * (1 + 1e-6)).any()):
+            raise ValueError("dt must not exceed t (the step would start before time 0)")
+        return self._discretize(x, t, dt)
+
+    @_checked
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """`log p_T(z)` in nats, shape `(B,)`."""
+        return self._prior_logp(check_tensor(z, "z", min_ndim=2, finite=False))
 
     @abc.abstractmethod
     def prior_sample(
@@ -75,30 +144,31 @@ class SDE(abc.ABC):
     ) -> Tensor:
         """A sample of the prior `p_T`, of the given batch-first `shape`."""
 
+    # -- kernels (trusted inputs) ----------------------------------------------------
+
     @abc.abstractmethod
-    def prior_logp(self, z: Tensor) -> Tensor:
-        """`log p_T(z)` in nats, shape `(B,)`."""
+    def _drift(self, x: Tensor, t: Tensor) -> Tensor: ...
 
-    # -- derived -------------------------------------------------------------
+    @abc.abstractmethod
+    def _diffusion(self, t: Tensor) -> Tensor: ...
 
-    def discretize(self, x: Tensor, t: TimeLike, dt: TimeLike) -> Tuple[Tensor, Tensor]:
-        """Forward step from `t - dt` to `t`: `x_t ≈ x + f_i + G_i z` with `(f_i, G_i)`, `G_i` of shape `(B,)`.
+    @abc.abstractmethod
+    def _marginal(self, x0: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]: ...
 
-        Euler–Maruyama here; `LinearSDE` replaces it with the exact Gaussian
-        transition, which is DDPM's step for VP and SMLD's for VE (Song et al. 2021, app. E)."""
-        t = batch_time(t, x.shape[0], x, self.T)
-        dt = batch_time(dt, x.shape[0], x)
-        return self.drift(x, t) * append_dims(dt, x.ndim), self.diffusion(t) * dt.sqrt()
+    @abc.abstractmethod
+    def _prior_logp(self, z: Tensor) -> Tensor: ...
+
+    def _discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> Tuple[Tensor, Tensor]:
+        # Euler–Maruyama; LinearSDE replaces it with the exact Gaussian transition (DDPM for VP, SMLD for VE).
+        return self._drift(x, t) * append_dims(dt, x.ndim), self._diffusion(t) * dt.sqrt()
+
+    # -- derived -------------------------------------------------------------------
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
         """The reverse-time SDE `dx = [f - g² s] dt + g dw̄`, or with `probability_flow` the ODE `dx = [f - ½ g² s] dt`."""
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
         return ReverseSDE(self, score_fn, bool(probability_flow))
-
-    def _check_x(self, x: Tensor, name: str = "x") -> Tensor:
-        # Shape and dtype only: a NaN check here would sync the host on every solver step.
-        return check_tensor(x, name, finite=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,24 +187,23 @@ class ReverseSDE(SDE):
     def __post_init__(self) -> None:
         object.__setattr__(self, "T", self.forward.T)
 
-    def drift(self, x: Tensor, t: TimeLike) -> Tensor:
-        t = batch_time(t, x.shape[0], x, self.T)
-        g2 = append_dims(self.forward.diffusion(t) ** 2, x.ndim)
+    def _drift(self, x: Tensor, t: Tensor) -> Tensor:
+        g2 = append_dims(self.forward._diffusion(t) ** 2, x.ndim)
         coef = 0.5 if self.probability_flow else 1.0
-        return self.forward.drift(x, t) - coef * g2 * self.score_fn(x, t)
+        return self.forward._drift(x, t) - coef * g2 * self.score_fn(x, t)
 
-    def diffusion(self, t: TimeLike) -> Tensor:
-        g = self.forward.diffusion(t)
+    def _diffusion(self, t: Tensor) -> Tensor:
+        g = self.forward._diffusion(t)
         return torch.zeros_like(g) if self.probability_flow else g
 
-    def marginal(self, x0: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
-        return self.forward.marginal(x0, t)
+    def _marginal(self, x0: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.forward._marginal(x0, t)
 
     def prior_sample(self, shape, *, generator=None, device=None, dtype=None) -> Tensor:
         return self.forward.prior_sample(shape, generator=generator, device=device, dtype=dtype)
 
-    def prior_logp(self, z: Tensor) -> Tensor:
-        return self.forward.prior_logp(z)
+    def _prior_logp(self, z: Tensor) -> Tensor:
+        return self.forward._prior_logp(z)
 
 
 # Gauss–Legendre rule on [0, 1], used by the generic LinearSDE quadrature.
@@ -152,6 +221,9 @@ class LinearSDE(SDE):
     panels, float64); a query adds one 8-point rule over its last partial
     panel: ~1e-12 relative for smooth schedules, also as `t -> 0`. The prior is `N(0, (m(T)² + σ(T)²) I)`: the marginal at `T` of
     zero-mean, unit-variance data (exactly `N(0, I)` for variance-preserving SDEs).
+
+    `schedule(t)` tabulates `m, σ, λ = log(m/σ), g², f` at the times `t` with the conversions between score,
+    ε, x̂₀ and v (`Schedule`); `default_eps` is the time at which `σ/m` equals VP's at `t = 1e-3`.
     """
 
     _n_panels: int = 4096
@@ -160,40 +232,69 @@ class LinearSDE(SDE):
         self.T = check_positive(T, "T")
         self._tables: dict = {}
 
-    # -- what a subclass provides ---------------------------------------------
+    # -- what a subclass provides (either the public name or the kernel) --------------------------
 
     @abc.abstractmethod
-    def drift_coef(self, t: Tensor) -> Tensor:
+    def _drift_coef(self, t: Tensor) -> Tensor:
         """`f(t)`, shape `(B,)`."""
 
     @abc.abstractmethod
-    def diffusion(self, t: TimeLike) -> Tensor:
+    def _diffusion(self, t: Tensor) -> Tensor:
         """`g(t)`, shape `(B,)`."""
 
-    # -- derived ---------------------------------------------------------------
+    # -- checked public methods ------------------------------------------------------------------
 
-    def drift(self, x: Tensor, t: TimeLike) -> Tensor:
-        x = self._check_x(x)
-        t = batch_time(t, x.shape[0], x, self.T)
-        return append_dims(self.drift_coef(t), x.ndim) * x
+    @_checked
+    def drift_coef(self, t: TimeLike) -> Tensor:
+        """`f(t)`, shape `(B,)`."""
+        return self._drift_coef(_t(self, t))
 
+    @_checked
     def marginal_coefs(self, t: TimeLike) -> Tuple[Tensor, Tensor]:
         """`(m(t), σ(t))`, each `(B,)`: the scale and std of `p_0t`, by quadrature unless overridden."""
-        t = time_only(t, self.T)
+        return self._marginal_coefs(_t(self, t))
+
+    @_checked
+    def half_log_snr(self, t: TimeLike) -> Tensor:
+        """`λ(t) = log m(t) - log σ(t)`, decreasing in `t` (the exponential integrators' time)."""
+        return self._half_log_snr(_t(self, t))
+
+    @_checked
+    def schedule(self, t: TimeLike) -> Schedule:
+        """`m, σ, g², f` at the times `t` (a grid or one time per sample) as a `Schedule`."""
+        return self._schedule(_t(self, t))
+
+    # -- kernels ----------------------------------------------------------------------------------
+
+    def _drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return append_dims(self._drift_coef(t), x.ndim) * x
+
+    def _marginal_coefs(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         log_m, integral = self._quadrature(t)
         m = log_m.exp()
         return m, m * integral.clamp_min(0).sqrt()
 
-    def marginal(self, x0: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
-        x0 = self._check_x(x0, "x0")
-        t = batch_time(t, x0.shape[0], x0, self.T)
-        m, std = self.marginal_coefs(t)
+    def _marginal(self, x0: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+        m, std = self._marginal_coefs(t)
         return append_dims(m, x0.ndim) * x0, std
 
-    def half_log_snr(self, t: TimeLike) -> Tensor:
-        """`λ(t) = log m(t) - log σ(t)`, decreasing in `t` (the exponential integrators' time)."""
-        m, std = self.marginal_coefs(t)
+    def _half_log_snr(self, t: Tensor) -> Tensor:
+        m, std = self._marginal_coefs(t)
         return m.log() - std.log()
+
+    def _schedule(self, t: Tensor) -> Schedule:
+        m, std = self._marginal_coefs(t)
+        return Schedule(t, m, std, self._diffusion(t) ** 2, self._drift_coef(t))
+
+    def _discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> Tuple[Tensor, Tensor]:
+        """Exact transition from `t - dt` to `t`: `f_i = (r - 1) x`, `G_i² = σ(t)² - r² σ(t-dt)²`, `r = m(t)/m(t-dt)`.
+
+        For VP this is DDPM's `x_i = √(1-β_i) x_{i-1} + √β_i z`; for VE it is SMLD's `G_i² = σ_i² - σ_{i-1}²`."""
+        m1, s1 = self._marginal_coefs(t)
+        m0, s0 = self._marginal_coefs((t - dt).clamp_min(0))
+        r = m1 / m0
+        G = (s1**2 - (r * s0) ** 2).clamp_min(0).sqrt()
+        return append_dims(r - 1, x.ndim) * x, G
 
     def t_from_half_log_snr(self, lam: Tensor) -> Tensor:
         """Inverse of `half_log_snr` on `(0, T]`, by 64 steps of vectorised bisection (no host sync)."""
@@ -201,42 +302,50 @@ class LinearSDE(SDE):
         hi = torch.full_like(lam, self.T)
         for _ in range(64):
             mid = 0.5 * (lo + hi)
-            above = self.half_log_snr(mid) > lam  # λ decreases, so the root lies to the right
+            above = self._half_log_snr(mid) > lam  # λ decreases, so the root lies to the right
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
 
     def prior_std(self) -> float:
         """Std of the isotropic Gaussian prior `p_T`."""
-        m, std = self.marginal_coefs(torch.tensor([self.T], dtype=torch.float64))
+        m, std = self._marginal_coefs(torch.tensor([self.T], dtype=torch.float64))
         return float((m**2 + std**2).sqrt())
 
     def prior_sample(self, shape, *, generator=None, device=None, dtype=None) -> Tensor:
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         return z * self.prior_std()
 
-    def prior_logp(self, z: Tensor) -> Tensor:
-        z = self._check_x(z, "z")
+    def _prior_logp(self, z: Tensor) -> Tensor:
         s = self.prior_std()
         d = event_dim(z)
         return -0.5 * d * math.log(2 * math.pi * s * s) - flat_sum(z**2) / (2 * s * s)
 
-    def discretize(self, x: Tensor, t: TimeLike, dt: TimeLike) -> Tuple[Tensor, Tensor]:
-        """Exact transition from `t - dt` to `t`: `f_i = (r - 1) x`, `G_i² = σ(t)² - r² σ(t-dt)²`, `r = m(t)/m(t-dt)`.
+    # -- default end times from the noise level ------------------------------------------------------
 
-        For VP this is DDPM's `x_i = √(1-β_i) x_{i-1} + √β_i z`; for VE it is
-        SMLD's `G_i² = σ_i² - σ_{i-1}²`."""
-        x = self._check_x(x)
-        t = batch_time(t, x.shape[0], x, self.T)
-        dt = batch_time(dt, x.shape[0], x)
-        m1, s1 = self.marginal_coefs(t)
-        m0, s0 = self.marginal_coefs((t - dt).clamp_min(0))
-        r = m1 / m0
-        G = (s1**2 - (r * s0) ** 2).clamp_min(0).sqrt()
-        return append_dims(r - 1, x.ndim) * x, G
+    def _time_at_vp_noise(self, t_vp: float) -> float:
+        """The time at which `σ/m` equals the default VP's at `t_vp` (a noise level fits every SDE; a clock time one)."""
+        key = ("eps_at_vp", t_vp)
+        if key not in self._tables:
+            lam = VPSDE()._half_log_snr(torch.tensor([t_vp], dtype=torch.float64))
+            t = float(self.t_from_half_log_snr(lam)[0])
+            if not (math.isfinite(t) and 0 < t < self.T):
+                raise ValueError(f"{self!r} never reaches the noise level of VP at t={t_vp}: pass eps explicitly")
+            self._tables[key] = t
+        return self._tables[key]
 
-    # -- the generic quadrature -------------------------------------------------
+    @property
+    def default_eps(self) -> float:  # type: ignore[override]
+        """Smallest sampling time: the time at which `σ(t)/m(t)` equals VP's at `t = 1e-3` (VP, sub-VP: 1e-3; VE: 1e-5)."""
+        return self._time_at_vp_noise(_VP_SAMPLE_EPS)
+
+    @property
+    def default_likelihood_eps(self) -> float:  # type: ignore[override]
+        """Smallest likelihood time: where `σ/m` equals VP's at `t = 1e-5` (the built-ins keep Song et al.'s 1e-5)."""
+        return self._time_at_vp_noise(_VP_LIKELIHOOD_EPS)
+
+    # -- the generic quadrature ---------------------------------------------------------------------
 
     def _table(self, device: torch.device, dtype: torch.dtype):
         key = (device, dtype)
@@ -251,8 +360,8 @@ class LinearSDE(SDE):
         n, h = self._n_panels, self.T / self._n_panels
         nodes = torch.linspace(0.0, self.T, n + 1, dtype=f64)
         gx, gw = torch.tensor(_GL_X, dtype=f64), torch.tensor(_GL_W, dtype=f64)
-        f = lambda s: self.drift_coef(s.reshape(-1)).to(f64).reshape(s.shape)  # noqa: E731
-        g2 = lambda s: (self.diffusion(s.reshape(-1)).to(f64) ** 2).reshape(s.shape)  # noqa: E731
+        f = lambda s: self._drift_coef(s.reshape(-1)).to(f64).reshape(s.shape)  # noqa: E731
+        g2 = lambda s: (self._diffusion(s.reshape(-1)).to(f64) ** 2).reshape(s.shape)  # noqa: E731
         left = nodes[:-1]
         # F at the panel nodes: composite Gauss–Legendre.
         inner = left[:, None] + h * gx[None, :]  # (n, 8) Gauss points of each panel
@@ -285,8 +394,8 @@ class LinearSDE(SDE):
         width = (t - left)[:, None]
         pts = left[:, None] + width * gx  # (B, 8)
         F_pts = F_at(pts.T).T
-        g2 = self.diffusion(pts.reshape(-1)).reshape(pts.shape) ** 2
-        f = self.drift_coef(pts.reshape(-1)).reshape(pts.shape)
+        g2 = self._diffusion(pts.reshape(-1)).reshape(pts.shape) ** 2
+        f = self._drift_coef(pts.reshape(-1)).reshape(pts.shape)
         w = width[:, 0]
         return F[j] + w * (f * gw).sum(1), I[j] + w * (g2 * torch.exp(-2 * F_pts) * gw).sum(1)
 
@@ -298,20 +407,16 @@ class LinearSDE(SDE):
         return self._tables[key]
 
 
-def _check_shape(shape) -> Tuple[int, ...]:
-    if isinstance(shape, torch.Size):
-        shape = tuple(shape)
-    if not isinstance(shape, (tuple, list)) or not shape or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
-        raise TypeError(f"shape must be a non-empty tuple of ints (batch first), got {shape!r}")
-    if any(s <= 0 for s in shape):
-        raise ValueError(f"shape must have positive sizes, got {tuple(shape)}")
-    return tuple(shape)
+_check_shape = check_shape  # kept for older imports
 
 
 class VPSDE(LinearSDE):
     """Variance preserving (DDPM in continuous time): `dx = -½ β(t) x dt + √β(t) dw`, `β(t) = β_min + t (β_max - β_min)`.
 
-    Song et al. 2021, "Score-Based Generative Modeling through SDEs". Prior `N(0, I)`."""
+    Song et al. 2021, "Score-Based Generative Modeling through SDEs". Prior `N(0, I)`. `default_eps = 1e-3`."""
+
+    default_eps = _VP_SAMPLE_EPS  # type: ignore[assignment]
+    default_likelihood_eps = _VP_LIKELIHOOD_EPS  # type: ignore[assignment]
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
         super().__init__(T)
@@ -330,14 +435,13 @@ class VPSDE(LinearSDE):
         """`∫₀ᵗ β = β_min t + ½ t² (β_max - β_min)`."""
         return self.beta_min * t + 0.5 * t * t * (self.beta_max - self.beta_min)
 
-    def drift_coef(self, t: Tensor) -> Tensor:
+    def _drift_coef(self, t: Tensor) -> Tensor:
         return -0.5 * self.beta(t)
 
-    def diffusion(self, t: TimeLike) -> Tensor:
-        return self.beta(time_only(t, self.T)).sqrt()
+    def _diffusion(self, t: Tensor) -> Tensor:
+        return self.beta(t).sqrt()
 
-    def marginal_coefs(self, t: TimeLike) -> Tuple[Tensor, Tensor]:
-        t = time_only(t, self.T)
+    def _marginal_coefs(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         log_m = -0.5 * self.integral_beta(t)
         return log_m.exp(), (-torch.expm1(2 * log_m)).sqrt()
 
@@ -356,12 +460,10 @@ class VPSDE(LinearSDE):
 class SubVPSDE(VPSDE):
     """Sub-VP: drift as VP, `g(t)² = β(t) (1 - exp(-2 ∫₀ᵗ β))`; std `1 - exp(-∫₀ᵗ β)`. Song et al. 2021. Prior `N(0, I)`."""
 
-    def diffusion(self, t: TimeLike) -> Tensor:
-        t = time_only(t, self.T)
+    def _diffusion(self, t: Tensor) -> Tensor:
         return (self.beta(t) * -torch.expm1(-2 * self.integral_beta(t))).sqrt()
 
-    def marginal_coefs(self, t: TimeLike) -> Tuple[Tensor, Tensor]:
-        t = time_only(t, self.T)
+    def _marginal_coefs(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         log_m = -0.5 * self.integral_beta(t)
         return log_m.exp(), -torch.expm1(2 * log_m)
 
@@ -381,7 +483,10 @@ class VESDE(LinearSDE):
     """Variance exploding (SMLD/NCSN): `dx = √(dσ²/dt) dw`, `σ(t) = σ_min (σ_max/σ_min)^t`. Prior `N(0, σ_max² I)`.
 
     The marginal std is the exact `√(σ(t)² - σ_min²)` of this SDE started at
-    `t = 0`; Song et al.'s code uses `σ(t)` instead (the two differ by `σ_min²`)."""
+    `t = 0`; Song et al.'s code uses `σ(t)` instead (the two differ by `σ_min²`). `default_eps = 1e-5` (theirs)."""
+
+    default_eps = 1e-5  # type: ignore[assignment]
+    default_likelihood_eps = _VP_LIKELIHOOD_EPS  # type: ignore[assignment]
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
         super().__init__(T)
@@ -397,20 +502,16 @@ class VESDE(LinearSDE):
     def sigma(self, t: Tensor) -> Tensor:
         return self.sigma_min * torch.exp(t / self.T * self._log_ratio)
 
-    def drift_coef(self, t: Tensor) -> Tensor:
+    def _drift_coef(self, t: Tensor) -> Tensor:
         return torch.zeros_like(t)
 
-    def drift(self, x: Tensor, t: TimeLike) -> Tensor:
-        x = self._check_x(x)
-        batch_time(t, x.shape[0], x, self.T)
+    def _drift(self, x: Tensor, t: Tensor) -> Tensor:
         return torch.zeros_like(x)
 
-    def diffusion(self, t: TimeLike) -> Tensor:
-        t = time_only(t, self.T)
+    def _diffusion(self, t: Tensor) -> Tensor:
         return self.sigma(t) * math.sqrt(2 * self._log_ratio / self.T)
 
-    def marginal_coefs(self, t: TimeLike) -> Tuple[Tensor, Tensor]:
-        t = time_only(t, self.T)
+    def _marginal_coefs(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         # σ(t)² - σ_min² = σ_min² expm1(2 t log ratio): no cancellation near t = 0.
         std = self.sigma_min * torch.expm1(2 * t / self.T * self._log_ratio).sqrt()
         return torch.ones_like(t), std
@@ -445,8 +546,8 @@ class CosineVPSDE(LinearSDE):
         du = (self.u1 - self.u0) / self.T
         return 2 * du * torch.tan(self.u0 + du * t)
 
-    def drift_coef(self, t: Tensor) -> Tensor:
+    def drift_coef(self, t):
         return -0.5 * self._beta(t)
 
-    def diffusion(self, t: TimeLike) -> Tensor:
-        return self._beta(time_only(t, self.T)).sqrt()
+    def diffusion(self, t):
+        return self._beta(t).sqrt()

@@ -365,22 +365,22 @@ def test_bad_input(i):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_ode_function_does_not_sync(divergence):
-    from scoresde._utils import trusted
-    from scoresde.likelihood import _PFODEFunc, _draw_probes
+    from scoresde.likelihood import _draw_probes, _exact_divergence, _hutchinson_divergence
+    from scoresde.samplers.ode import ProbabilityFlowField
 
     sde, mix = scoresde.VPSDE(), scoresde.ring8()
     x = data(mix, 8, device="cuda")
     probes = _draw_probes((2,) + tuple(x.shape), "rademacher", x, None)
-    func = _PFODEFunc(sde, mix.score_fn(sde), 8, divergence, probes)
+    div = _exact_divergence if divergence == "exact" else (lambda v, xx: _hutchinson_divergence(v, xx, probes))
+    func = ProbabilityFlowField(sde, mix.score_fn(sde), 8, div)
     state = (x, torch.zeros(8, device="cuda", dtype=F64) if divergence == "exact" else torch.zeros(2, 8, device="cuda", dtype=F64))
     t = torch.tensor(0.5, device="cuda", dtype=F64)
-    with trusted():  # as inside log_likelihood's solve
-        func(t, state)  # warm up caches (oracle parameters, tables)
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            func(t, state)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
+    func(t, state)  # warm up caches (oracle parameters, tables)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        func(t, state)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 # -- the divergence estimators on their own ------------------------------------------------

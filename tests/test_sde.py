@@ -105,10 +105,9 @@ def test_forward_euler_maruyama_matches_marginal(name):
     x0 = torch.tensor([1.5, -0.5], dtype=f64)
     x = x0.expand(n_paths, 2).clone()
     dt = t_end / n_steps
-    with scoresde._utils.trusted():
-        for i in range(n_steps):
-            t = torch.full((n_paths,), i * dt, dtype=f64)
-            x = x + sde.drift(x, t) * dt + scoresde._utils.append_dims(sde.diffusion(t), 2) * math.sqrt(dt) * torch.randn(x.shape, generator=g, dtype=f64)
+    for i in range(n_steps):  # the unchecked kernels, as a solver calls them
+        t = torch.full((n_paths,), i * dt, dtype=f64)
+        x = x + sde._drift(x, t) * dt + scoresde._utils.append_dims(sde._diffusion(t), 2) * math.sqrt(dt) * torch.randn(x.shape, generator=g, dtype=f64)
     mean, std = sde.marginal(x0[None], t_end)
     se_mean = std / math.sqrt(n_paths)
     # statistical tolerance (5 standard errors) plus the O(dt) bias of Euler–Maruyama

@@ -1,143 +1,115 @@
-"""The extension points: `Predictor`, `Corrector` and `Sampler` ABCs.
+"""The sampler protocol: step objects driven by the one loop in `sample()` (diffrax's `init`/`step` shape).
 
-A sampler turns a prior sample `x_T` into a sample at the smallest time `eps`
-by integrating the reverse-time SDE or the probability-flow ODE of an `SDE`
-driven by a score function. Each class declares its cost and accuracy as
-class attributes, which the tests read:
+A sampler moves a prior sample `x_T` down a time grid `T = t_0 > t_1 > ... > t_N = eps`. `sample()` owns the
+loop — the prior draw, the grid, the `Schedule` table, noise from the caller's `generator`, the NFE counter,
+`progress`, `callback` and the conditioning hook — and calls, once per call and then once per step:
+
+    state = sampler.init(sde, score_fn, ts, schedule, x, noise)   # tabulate per-step scalars, histories
+    x, state = sampler.step(score_fn, x, i, state, noise)   # from t_i to t_{i+1}
+
+`schedule` is `sde.schedule(ts)` for a `LinearSDE` (float64) and None otherwise. `noise(i)` is the standard
+normal noise of step `i` (from the user's `noise_sampler` when given: one Brownian path shared across step
+counts); `noise.fresh()` an independent draw (Langevin moves). Samplers that only make sense as one whole call
+(an adaptive ODE solve) set `whole = True` and implement `solve` instead.
+
+Each class declares its cost and accuracy as class attributes, which the tests read:
 
 - `order`: strong (pathwise) order, or the ODE order for deterministic solvers;
 - `weak_order`: order in distribution (`None` for ODE-only solvers);
-- `nfe_per_step`: score evaluations per step (`None` when adaptive).
-
-Random numbers come only from the `noise` tensors the loops pass in (drawn
-with the caller's `generator`), so one generator state gives one sample.
+- `nfe_per_step`: score evaluations per step (`None` when adaptive or not constant);
+- `nfe_init`: evaluations spent once per call besides them (0 for nearly all), so that
+  `nfe == steps * nfe_per_step + nfe_init (+ 1 with denoise)`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Callable, ClassVar, Optional, Tuple
+from typing import Any, Callable, ClassVar, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from ..schedule import Schedule
 from ..sde import SDE
+from .timesteps import TimestepSpec, get_timesteps
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]  # (t, t_next) -> standard normal noise shaped like x
 
-__all__ = ["Predictor", "Corrector", "Sampler", "ScoreFn", "NoiseSampler"]
+__all__ = ["Sampler", "Predictor", "Corrector", "Noise", "ScoreFn", "NoiseSampler"]
 
 
-class Predictor(abc.ABC):
-    """One step of a reverse-time solver from `t` down to `t_next < t`.
+class Noise:
+    """The loop's source of randomness for one call: `noise(i)` for step `i`, `noise.fresh()` for extra draws."""
 
-    `prepare(sde, ts)` may tabulate per-step coefficients for the whole time
-    grid once (e.g. schedule values that cost a quadrature per call); `step`
-    then receives the row of that table for its step as `coefs`."""
+    def __init__(self, x: Tensor, ts: Tensor, generator: Optional[torch.Generator],
+                 noise_sampler: Optional[NoiseSampler] = None):
+        self._shape, self._device, self._dtype = x.shape, x.device, x.dtype
+        self._ts, self.generator, self._sampler = ts, generator, noise_sampler
 
-    order: ClassVar[float] = 0
-    weak_order: ClassVar[Optional[float]] = None
-    nfe_per_step: ClassVar[int] = 1
-    stochastic: ClassVar[bool] = True
+    def fresh(self) -> Tensor:
+        return torch.randn(self._shape, generator=self.generator, device=self._device, dtype=self._dtype)
 
-    def prepare(self, sde: SDE, ts: Tensor) -> Optional[Tuple[Tensor, ...]]:
-        """Per-step coefficients for the grid `ts` (`(N+1,)`, decreasing): tensors with a leading `N` axis, or None."""
-        return None
-
-    @abc.abstractmethod
-    def step(
-        self,
-        sde: SDE,
-        score_fn: ScoreFn,
-        x: Tensor,
-        t: Tensor,
-        t_next: Tensor,
-        noise: Optional[Tensor],
-        coefs: Optional[Tuple[Tensor, ...]] = None,
-    ) -> Tuple[Tensor, Tensor]:
-        """Advance `x` at times `t` (`(B,)`) to `t_next`; return `(x_next, x_next_mean)` (the mean omits the noise).
-
-        `noise` is a standard normal tensor shaped like `x` (None for deterministic predictors);
-        `coefs` is this step's slice of `prepare`'s output."""
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"
-
-
-class Corrector(abc.ABC):
-    """MCMC moves at a fixed time `t` that leave `p_t` invariant (in the limit of small steps)."""
-
-    nfe_per_step: ClassVar[int] = 1
-
-    def prepare(self, sde: SDE, ts: Tensor) -> Optional[Tuple[Tensor, ...]]:
-        """Per-step coefficients for the grid `ts`, like `Predictor.prepare`."""
-        return None
-
-    @abc.abstractmethod
-    def step(
-        self,
-        sde: SDE,
-        score_fn: ScoreFn,
-        x: Tensor,
-        t: Tensor,
-        noise: Tensor,
-        coefs: Optional[Tuple[Tensor, ...]] = None,
-    ) -> Tuple[Tensor, Tensor]:
-        """One corrector move at time `t`; returns `(x, x_mean)`."""
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"
+    def __call__(self, i: int) -> Tensor:
+        if self._sampler is None:
+            return self.fresh()
+        return self._sampler(self._ts[i], self._ts[i + 1])
 
 
 class Sampler(abc.ABC):
-    """A whole solver: from `x_T` at time `T` to `x` at time `eps`, in `steps` steps (before any final denoising).
-
-    `sample()` validates the inputs, draws `x_T`, calls `run` inside
-    `torch.no_grad()` and `scoresde._utils.trusted()`, then denoises."""
+    """A reverse-time solver as a step object. Subclasses set the declarations and implement `step`
+    (and `init` when they tabulate anything), or set `whole = True` and implement `solve`."""
 
     order: ClassVar[Optional[float]] = None
     weak_order: ClassVar[Optional[float]] = None
     nfe_per_step: ClassVar[Optional[int]] = 1
+    nfe_init: ClassVar[int] = 0
     stochastic: ClassVar[bool] = True
+    whole: ClassVar[bool] = False
+    timesteps: TimestepSpec = "uniform"
 
     def check(self, sde: SDE) -> None:
         """Raise `TypeError`/`ValueError` if this sampler cannot handle `sde` (called once by `sample`)."""
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
 
-    @abc.abstractmethod
-    def run(
-        self,
-        sde: SDE,
-        score_fn: ScoreFn,
-        x: Tensor,
-        *,
-        steps: int,
-        eps: float,
-        generator: Optional[torch.Generator] = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Integrate from `x` (a prior sample at `sde.T`) down to time `eps`; return the state there."""
+    def grid(self, sde: SDE, steps: int, eps: float, ref: Tensor) -> Tensor:
+        """The `(steps + 1,)` time grid from `T` down to `eps`, in `ref`'s dtype and device."""
+        return get_timesteps(self.timesteps, sde, steps, eps, ref)
+
+    def init(self, sde: SDE, score_fn: ScoreFn, ts: Tensor, schedule: Optional[Schedule], x: Tensor,
+             noise: "Noise") -> Any:
+        """Per-call state: tabulated coefficients, histories. Called once, before the first step."""
+        return sde
+
+    def step(self, score_fn: ScoreFn, x: Tensor, i: int, state: Any, noise: Noise) -> Tuple[Tensor, Any]:
+        """Advance `x` from `ts[i]` to `ts[i + 1]`; return the new state and sampler state."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither step nor solve")
+
+    def solve(self, sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, progress: bool) -> Tensor:
+        """For `whole` samplers: integrate from `ts[0]` to `ts[-1]` in one call."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
 
 
-def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """Standard normal noise shaped like `x`, from `generator` (which must live on `x`'s device)."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+class Predictor(Sampler):
+    """A one-step reverse-time solver (the predictor of predictor–corrector sampling); a `Sampler` on its own."""
 
 
-def default_noise_sampler(x: Tensor, generator: Optional[torch.Generator]) -> NoiseSampler:
-    """Fresh independent noise per call; a user may instead pass `noise_sampler(t, t_next)` (e.g. from one Brownian path)."""
-    return lambda t, t_next: randn_like(x, generator)
+class Corrector(abc.ABC):
+    """MCMC moves at a fixed time `t_i` that leave `p_t` invariant (in the limit of small steps)."""
 
+    nfe_per_step: ClassVar[int] = 1
 
-def expand_time(t: Tensor, batch: int) -> Tensor:
-    """A grid time (0-d) as the `(B,)` view score functions and SDE methods take; no copy, no host sync."""
-    return t.expand(batch)
+    def init(self, sde: SDE, ts: Tensor, schedule: Optional[Schedule], x: Tensor) -> Any:
+        """Per-call state (tabulated step sizes); called once, before the first step."""
+        return None
 
+    @abc.abstractmethod
+    def step(self, score_fn: ScoreFn, x: Tensor, i: int, state: Any, noise: Tensor) -> Tensor:
+        """One move at `ts[i]` with the standard normal `noise`; returns the new `x`."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"

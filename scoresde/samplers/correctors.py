@@ -1,24 +1,30 @@
-"""Correctors: Langevin MCMC moves at a fixed time `t` targeting `p_t` (Song et al. 2021, Alg. 4-5)."""
+"""Correctors: Langevin MCMC moves at a fixed time `t_i` targeting `p_t` (Song et al. 2021, Alg. 4-5)."""
 
 from __future__ import annotations
 
+from typing import List, NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
-from ..sde import SDE, LinearSDE
 from .base import Corrector
+from .predictors import batch_times
 
 __all__ = ["LangevinCorrector", "AnnealedLangevin", "NoneCorrector", "CORRECTORS"]
 
 
-def _alphas(sde: SDE, ts: Tensor) -> Tensor:
+class _State(NamedTuple):
+    times: List[Tensor]
+    coefs: List[float]
+
+
+def _alphas(schedule, ts: Tensor) -> Tensor:
     """Score-SDE's `α_i` per grid point: `(m(t_i)/m(t_{i+1}))²` for a linear SDE (VP: `1 - β_i`; VE: 1), else 1.
 
     Read off the schedule rather than `isinstance(sde, VPSDE)`, so a user's SDE gets the same rule."""
-    if not isinstance(sde, LinearSDE):
-        return ts.new_ones(ts.shape[0] - 1)
-    m, _ = sde.marginal_coefs(ts)
-    return (m[:-1] / m[1:]) ** 2
+    if schedule is None:
+        return torch.ones(ts.shape[0] - 1, dtype=torch.float64)
+    return (schedule.m[:-1] / schedule.m[1:]) ** 2
 
 
 class LangevinCorrector(Corrector):
@@ -31,18 +37,16 @@ class LangevinCorrector(Corrector):
     def __init__(self, snr: float = 0.16):
         self.snr = snr
 
-    def prepare(self, sde, ts):
-        return (_alphas(sde, ts),)
+    def init(self, sde, ts, schedule, x):
+        return _State(batch_times(ts, x.shape[0]), _alphas(schedule, ts).tolist())
 
-    def step(self, sde, score_fn, x, t, noise, coefs=None):
-        alpha = coefs[0] if coefs is not None else 1.0
-        s = score_fn(x, t)
+    def step(self, score_fn, x, i, state, noise):
+        s = score_fn(x, state.times[i])
         # Batch means, not per-sample norms: a sample sitting on a mode (‖s‖ ≈ 0) must not get a huge step.
         grad_norm = s.flatten(1).norm(dim=1).mean()
         noise_norm = noise.flatten(1).norm(dim=1).mean()
-        step = 2 * alpha * (self.snr * noise_norm / grad_norm) ** 2
-        x_mean = x + step * s
-        return x_mean + (2 * step).sqrt() * noise, x_mean
+        step = 2 * state.coefs[i] * (self.snr * noise_norm / grad_norm) ** 2
+        return x + step * s + (2 * step).sqrt() * noise
 
 
 class AnnealedLangevin(Corrector):
@@ -55,19 +59,18 @@ class AnnealedLangevin(Corrector):
     def __init__(self, snr: float = 0.16):
         self.snr = snr
 
-    def prepare(self, sde, ts):
-        if isinstance(sde, LinearSDE):
-            _, std = sde.marginal_coefs(ts[:-1])
+    def init(self, sde, ts, schedule, x):
+        if schedule is not None:
+            std = schedule.sigma[:-1]
         else:
-            _, std = sde.marginal(ts[:-1, None], ts[:-1])
-        return (2 * _alphas(sde, ts) * (self.snr * std) ** 2,)
+            _, std = sde._marginal(ts[:-1, None], ts[:-1])
+        step = 2 * _alphas(schedule, ts).to(std) * (self.snr * std) ** 2
+        return _State(batch_times(ts, x.shape[0]), step.tolist())
 
-    def step(self, sde, score_fn, x, t, noise, coefs=None):
-        if coefs is None:
-            raise RuntimeError("AnnealedLangevin.step needs the coefficients from prepare()")
-        step = coefs[0]
-        x_mean = x + step * score_fn(x, t)
-        return x_mean + (2 * step).sqrt() * noise, x_mean
+    def step(self, score_fn, x, i, state, noise):
+        eps = state.coefs[i]
+        out = torch.add(x, score_fn(x, state.times[i]), alpha=eps)
+        return out.add_(noise, alpha=(2 * eps) ** 0.5)
 
 
 class NoneCorrector(Corrector):
@@ -75,8 +78,8 @@ class NoneCorrector(Corrector):
 
     nfe_per_step = 0
 
-    def step(self, sde, score_fn, x, t, noise, coefs=None):
-        return x, x
+    def step(self, score_fn, x, i, state, noise):
+        return x
 
 
 CORRECTORS = {"langevin": LangevinCorrector, "ald": AnnealedLangevin, "annealed_langevin": AnnealedLangevin, "none": NoneCorrector}

@@ -3,15 +3,15 @@ integrator of the probability-flow ODE in the data-prediction form, for any `Lin
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import trange
 
 from ..sde import LinearSDE
 from .base import Sampler
-from .timesteps import TimestepSpec, get_timesteps
+from .predictors import batch_times
+from .timesteps import TimestepSpec
 
 __all__ = ["DPMSolver"]
 
@@ -56,57 +56,73 @@ class DPMSolver(Sampler):
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"dpm_solver needs a LinearSDE (with marginal_coefs), got sde of type {type(sde).__name__}")
 
+    @property
+    def nfe_init(self) -> int:  # type: ignore[override]
+        return 1 if self.predictor_order == 3 else 0  # the 2S midpoint warm-up (one step of two or more)
+
     def _orders(self, n: int) -> List[int]:
         """The order of each step: warm-up from the history available, lowered over the last steps if asked."""
         k = self.predictor_order
         cap = lambda i: n - i if self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW else k
         return [max(1, min(i + 1, k, cap(i))) for i in range(n)]
 
-    def run(self, sde, score_fn, x, *, steps, eps, generator=None, progress=False) -> Tensor:
-        ts = get_timesteps(self.timesteps, sde, steps, eps, x)
-        n, batch, k_max = len(ts) - 1, x.shape[0], self.predictor_order
+    def init(self, sde, score_fn, ts, schedule, x, noise):
+        n = len(ts) - 1
         orders = self._orders(n)
-        midpoint = k_max == 3 and n > 1 and orders[0] == 1
+        midpoint = self.predictor_order == 3 and n > 1 and orders[0] == 1
         # The whole schedule, once per call and in float64: every update is then a fixed linear combination
-        # of the state and the stored `e = m D = x + σ² s` (newest first).
-        # Scalars only: built on the CPU from one copy of the grid (one host sync, before the loop), so no
-        # per-step small kernels or solves run on an accelerator.
-        a, c, cc, sig2 = _coefficients(sde, ts.detach().double().cpu(), orders)
+        # of the state and the stored data predictions D (newest first). Scalars only: built on the CPU from
+        # one copy of the table (one host sync, before the loop), so no per-step small kernels run on an accelerator.
+        sched = schedule.to("cpu")
+        a, c, cc = _coefficients(sched, orders)
         correct = [self.corrector and i < n - 1 and not (i == 0 and midpoint) for i in range(n)]
-        a, c, cc, sig2 = a.tolist(), c.tolist(), cc.tolist(), sig2.tolist()
-        history: List[Tensor] = []
-        x_prev = x
-        for i in trange(n, disable=not progress, desc="dpm_solver", leave=False):
-            e = torch.add(x, score_fn(x, ts[i].expand(batch)), alpha=sig2[i])
-            if i > 0 and correct[i - 1]:
-                # UniC: redo step i-1 with e_i (from the predicted x_i) as one more node; e_i stays in the history.
-                x = x_prev * a[i - 1] + e * cc[i - 1][0]
-                for w, ej in zip(cc[i - 1][1:], history[:orders[i - 1]]):
-                    x.add_(ej, alpha=w)
-            history.insert(0, e)
-            del history[k_max:]
-            x_prev = x
-            if i == 0 and midpoint:
-                x = self._midpoint_step(sde, score_fn, x, e, ts)
-                continue
-            x_next = x * a[i]
-            for w, ej in zip(c[i], history[:orders[i]]):
-                x_next.add_(ej, alpha=w)
-            x = x_next
-        return x
+        rows = sched.floats()
+        return _State(sde, ts, batch_times(ts, x.shape[0]), [rows[i] for i in range(n)], orders, midpoint, correct,
+                      a.tolist(), c.tolist(), cc.tolist(), [], x)
+
+    def step(self, score_fn, x, i, state, noise):
+        st = state
+        d = st.rows[i].x0_from_score(x, score_fn(x, st.times[i]))
+        if i > 0 and st.correct[i - 1]:
+            # UniC: redo step i-1 with D_i (from the predicted x_i) as one more node; D_i stays in the history.
+            x = st.x_prev * st.a[i - 1] + d * st.cc[i - 1][0]
+            for w, dj in zip(st.cc[i - 1][1:], st.history[:st.orders[i - 1]]):
+                x.add_(dj, alpha=w)
+        st.history.insert(0, d)
+        del st.history[self.predictor_order:]
+        st = st._replace(x_prev=x)
+        if i == 0 and st.midpoint:
+            return self._midpoint_step(st.sde, score_fn, x, d, st.ts), st
+        x_next = x * st.a[i]
+        for w, dj in zip(st.c[i], st.history[:st.orders[i]]):
+            x_next.add_(dj, alpha=w)
+        return x_next, st
 
     @staticmethod
-    def _midpoint_step(sde, score_fn, x, e, ts) -> Tensor:
+    def _midpoint_step(sde, score_fn, x, d, ts) -> Tensor:
         """DPM-Solver++(2S) from grid point 0 to 1 through the log-SNR midpoint: local error O(h³), 1 extra NFE."""
-        m, std = sde.marginal_coefs(ts[:2])
-        lam = m.log() - std.log()
+        ends = sde._schedule(ts[:2])
+        lam = ends.lam
         lam_s = 0.5 * (lam[0] + lam[1])
-        t_s = sde.t_from_half_log_snr(lam_s.reshape(1))
-        m_s, std_s = sde.marginal_coefs(t_s)
-        d = e / m[0]
-        u = (std_s / std[0]) * x - m_s * torch.expm1(-(lam_s - lam[0])) * d
-        d_s = (u + std_s**2 * score_fn(u, t_s.expand(x.shape[0]))) / m_s
-        return (std[1] / std[0]) * x - m[1] * torch.expm1(-(lam[1] - lam[0])) * d_s
+        mid = sde._schedule(sde.t_from_half_log_snr(lam_s.reshape(1)))[0]
+        u = (mid.sigma / ends.sigma[0]) * x - mid.m * torch.expm1(-(lam_s - lam[0])) * d
+        d_s = mid.x0_from_score(u, score_fn(u, mid.t.expand(x.shape[0])))
+        return (ends.sigma[1] / ends.sigma[0]) * x - ends.m[1] * torch.expm1(-(lam[1] - lam[0])) * d_s
+
+
+class _State(NamedTuple):
+    sde: LinearSDE
+    ts: Tensor
+    times: list
+    rows: list  # the schedule's rows as Python floats
+    orders: List[int]
+    midpoint: bool
+    correct: List[bool]
+    a: list
+    c: list
+    cc: list
+    history: List[Tensor]  # data predictions D, newest first
+    x_prev: Tensor
 
 
 def _unic_weights(h: Tensor, r: List[Tensor]) -> List[Tensor]:
@@ -128,9 +144,9 @@ def _unic_weights(h: Tensor, r: List[Tensor]) -> List[Tensor]:
     return list(torch.linalg.solve(torch.stack(rows), torch.stack(b)))
 
 
-def _coefficients(sde, ts: Tensor, orders: List[int]):
-    """Per-step predictor weights `a_i` (n,), `c_ij` (n, 3) of `e_{i-j} = m_{i-j} D_{i-j}`; corrector weights `cc_ij`
-    (n, 4) of `[e_{i+1}, e_i, e_{i-1}, ...]` (with the same `a_i`); and `σ_i²` (n,), all in float64.
+def _coefficients(sched, orders: List[int]):
+    """Per-step predictor weights `a_i` (n,), `c_ij` (n, 3) of the data predictions `D_{i-j}`; corrector weights
+    `cc_ij` (n, 4) of `[D_{i+1}, D_i, D_{i-1}, ...]` (with the same `a_i`); all in float64 from the grid's schedule.
 
     Predictor from `i` to `i + 1` with `k = orders[i]` data predictions `D_i, D_{i-1}, ...`:
     `x_{i+1} = (σ_{i+1}/σ_i) x_i - m_{i+1} φ₁ D_i` (φ₁ = e^{-h} - 1) plus, for k = 2, `-½ m_{i+1} φ₁ (D_i - D_{i-1})/r₀`;
@@ -138,10 +154,9 @@ def _coefficients(sde, ts: Tensor, orders: List[int]):
     its `h² D''/2` by φ₃ alone, which caps the measured order at 2), with backward differences in λ.
     Corrector (UniC, k nodes plus the new one): `x_{i+1} = (σ_{i+1}/σ_i) x_i - m_{i+1} φ₁ D_i
     - m_{i+1} φ₁ [Σ_{j<k} ρ_j (D_{i-j} - D_i)/r_j + ρ_k (D_{i+1} - D_i)]`."""
-    m, std = sde.marginal_coefs(ts)
-    m, std = m.double(), std.double()
+    m, std = sched.m.double(), sched.sigma.double()
     lam = m.log() - std.log()
-    n = len(ts) - 1
+    n = len(m) - 1
     a = std[1:] / std[:-1]
     c = torch.zeros(n, 3, dtype=torch.float64)
     cc = torch.zeros(n, 4, dtype=torch.float64)
@@ -165,14 +180,14 @@ def _coefficients(sde, ts: Tensor, orders: List[int]):
             beta = -mm * phi2 * r0 / (r0 + r1) + mm * phi3 * 2 / (r0 + r1)
             col = [w0[i] + alpha / r0, -alpha / r0 + beta / r1, -beta / r1]
         for j, v in enumerate(col):
-            c[i, j] = v / m[i - j]  # the history holds e = m D, not D
+            c[i, j] = v
         if i == n - 1:
             continue  # the last step is never corrected
         r = [(lam[i - j] - lam[i]) / h[i] for j in range(1, k)]
         rho = _unic_weights(h[i], r)
         mb = -m[i + 1] * phi1[i]  # -m_{i+1} B(h), B = e^{-h} - 1 = φ₁
-        cc[i, 0] = mb * rho[-1] / m[i + 1]
-        cc[i, 1] = (w0[i] - mb * (rho[-1] + sum(rj_rho / rj for rj_rho, rj in zip(rho, r)))) / m[i]
+        cc[i, 0] = mb * rho[-1]
+        cc[i, 1] = w0[i] - mb * (rho[-1] + sum(rj_rho / rj for rj_rho, rj in zip(rho, r)))
         for j in range(1, k):
-            cc[i, 1 + j] = mb * rho[j - 1] / r[j - 1] / m[i - j]
-    return a, c, cc, std[:-1] ** 2
+            cc[i, 1 + j] = mb * rho[j - 1] / r[j - 1]
+    return a, c, cc

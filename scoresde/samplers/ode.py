@@ -1,91 +1,164 @@
-"""The probability-flow ODE `dx/dt = f(x, t) - ½ g(t)² s(x, t)` integrated by `torchdiffeq.odeint` from `T` down to `eps`."""
+"""The probability-flow ODE through torchdiffeq: the one adapter module between our `SDE` and `torchdiffeq.odeint`.
+
+One vector field (`ProbabilityFlowField`, `dx/dt = f(x, t) - ½ g(t)² s(x, t)`, optionally augmented with its
+divergence) and one solve (`solve_ode`) serve the `ode` sampler, `log_likelihood`, `encode` and `decode`; one
+method table (`METHODS`, read from torchdiffeq's own solver list) serves them all.
+
+The `ode` sampler steps torchdiffeq's one-step Runge–Kutta methods (euler, midpoint, heun2, heun3, rk4) interval
+by interval — one `odeint` call per grid interval is exactly one step of the method — so `sample()`'s loop sees
+every grid point; the adaptive methods and the Adams multistep methods (whose history would restart at every
+call) run as one whole `odeint` call.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .base import Sampler
-from .timesteps import TimestepSpec, get_timesteps
+from .timesteps import TimestepSpec
 
-__all__ = ["ODESampler", "ProbabilityFlowFunc", "FIXED_METHODS", "ADAPTIVE_METHODS"]
-
-# torchdiffeq's fixed-grid methods with their orders; the rest of its methods adapt their steps.
-FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
-ADAPTIVE_METHODS = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
+__all__ = ["ODESampler", "ProbabilityFlowField", "solve_ode", "METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS"]
 
 
-class ProbabilityFlowFunc(torch.nn.Module):
-    """`torchdiffeq`'s `func(t, x)` for the probability-flow ODE; counts its evaluations in `nfe`.
+def _method_table() -> Dict[str, dict]:
+    """torchdiffeq's solvers with their order, whether they adapt, and NFE per step for the one-step methods."""
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
 
-    torchdiffeq already integrates decreasing time grids, so the drift is used as is (negating it too would
-    run the ODE the wrong way)."""
+    stages = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}  # function evaluations per RK step
+    table = {}
+    for name, cls in SOLVERS.items():
+        if not isinstance(cls, type):
+            continue
+        if issubclass(cls, AdaptiveStepsizeODESolver):
+            table[name] = dict(order=cls.order, adaptive=True, nfe_per_step=None)
+        elif issubclass(cls, FixedGridODESolver):  # scipy_solver is left out: it goes through the host
+            table[name] = dict(order=cls.order, adaptive=False, nfe_per_step=stages.get(name))
+    return table
 
-    def __init__(self, sde, score_fn, batch: int, progress: Optional[tqdm] = None):
+
+METHODS = _method_table()
+ADAPTIVE_METHODS = tuple(k for k, v in METHODS.items() if v["adaptive"])
+FIXED_METHODS = tuple(k for k, v in METHODS.items() if not v["adaptive"])
+# Fixed-grid methods integrate on this many uniform steps when nothing else says how many.
+DEFAULT_FIXED_STEPS = 100
+
+
+def check_method(method: object) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(sorted(METHODS))} (torchdiffeq's), got {method!r}")
+    return method
+
+
+class ProbabilityFlowField(torch.nn.Module):
+    """torchdiffeq's `func(t, state)` for the probability-flow ODE `v = f - ½ g² s`.
+
+    `divergence=None`: state `x`, returns `v`. Otherwise state `(x, Δ)` and `dΔ/dt = divergence(v, x)` (exact
+    trace or Hutchinson probes, from `scoresde.likelihood`), the autograd graph built on a detached leaf and
+    freed within the call. torchdiffeq integrates decreasing time grids itself, so the field is used as is
+    (negating it too would run the ODE the wrong way)."""
+
+    def __init__(self, sde, score_fn, batch: int, divergence: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+                 progress: Optional[tqdm] = None):
         super().__init__()
-        self.reverse = sde.reverse(score_fn, probability_flow=True)
-        self.batch, self.progress, self.nfe = batch, progress, 0
+        self.flow = sde.reverse(score_fn, probability_flow=True)
+        self.batch, self.divergence, self.progress = batch, divergence, progress
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        self.nfe += 1
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         if self.progress is not None:
             self.progress.update(1)
-        return self.reverse.drift(x, t.to(x.dtype).expand(self.batch))
+        return self.flow._drift(x, t.to(x.dtype).expand(self.batch))
+
+    def forward(self, t: Tensor, state):
+        if self.divergence is None:
+            with torch.no_grad():
+                return self.velocity(state, t)
+        with torch.enable_grad():
+            x = state[0].detach().requires_grad_(True)
+            v = self.velocity(x, t)
+            div = self.divergence(v, x)
+        return v.detach(), div.detach()
+
+
+def solve_ode(field: ProbabilityFlowField, state, t0: float, t1: float, ref: Tensor, *, method: str = "dopri5",
+              rtol: float = 1e-5, atol: float = 1e-5, options: Optional[dict] = None, grid: Optional[Tensor] = None):
+    """`odeint` of `field` from `t0` to `t1`; returns the end state only (memory does not grow with the steps).
+
+    Fixed-grid methods run on `grid` if given, else on `options`' `step_size`, else on `DEFAULT_FIXED_STEPS`
+    uniform steps. A solver that gives up (a NaN or inf from the score, or a field too stiff for the tolerances)
+    raises `ValueError` instead of torchdiffeq's `AssertionError: underflow in dt`."""
+    from torchdiffeq import odeint
+
+    options = dict(options or {})
+    t = torch.tensor([t0, t1], device=ref.device, dtype=ref.dtype)
+    if METHODS[method]["adaptive"]:
+        # Land exactly on the end point: stepping past it evaluates the field outside [0, T]
+        # (t < 0 is NaN for VP; t > T is NaN for the cosine schedule) -> "underflow in dt".
+        options.setdefault("step_t", t[1:])
+    elif grid is not None:
+        options.setdefault("grid_constructor", lambda f, y0, tt: grid)
+    elif "step_size" not in options and "grid_constructor" not in options:
+        options["step_size"] = abs(t1 - t0) / DEFAULT_FIXED_STEPS
+    try:
+        out = odeint(field, state, t, rtol=rtol, atol=atol, method=method, options=options)
+    except AssertionError as e:
+        if "underflow" not in str(e):
+            raise
+        raise ValueError(f"the ODE solver ({method}, rtol={rtol:g}, atol={atol:g}) failed between t={t0:g} and t={t1:g}: "
+                         "its step size underflowed, so the score function returned NaN/inf or the field is too "
+                         "stiff for these tolerances") from None
+    return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
 
 
 class ODESampler(Sampler):
-    """Probability-flow ODE through `torchdiffeq.odeint` (Song et al. 2021, sec. 4.3).
+    """Probability-flow ODE through `torchdiffeq.odeint` (Song et al. 2021, sec. 4.3). Any torchdiffeq method:
 
-    `method="dopri5"` (adaptive, `rtol`/`atol`, `steps` ignored; NFE ≈ 6 per accepted step) or a fixed-grid
-    method (`euler` 1, `midpoint`/`heun2` 2, `heun3` 3, `rk4` 4 NFE per step, orders equal to NFE) on `steps`
-    steps of the `timesteps` grid. Only the end state is kept: memory does not grow with the steps."""
+    - adaptive (`dopri5` default, `dopri8`, `bosh3`, `fehlberg2`, `adaptive_heun`): `rtol`/`atol`, `steps` ignored,
+      one whole `odeint` call (NFE ≈ 6 per accepted dopri5 step; `nfe_per_step` None);
+    - one-step fixed-grid (`euler` 1, `midpoint`/`heun2` 2, `heun3` 3, `rk4` 4 NFE per step, orders equal to NFE),
+      stepped on the `timesteps` grid interval by interval;
+    - Adams multistep (`explicit_adams`, `implicit_adams`, `fixed_adams`): one whole call on the grid (an RK4 warm
+      start, and implicit iterations: NFE per step not constant, `nfe_per_step` None)."""
 
     weak_order = None
     stochastic = False
 
     def __init__(self, method: str = "dopri5", *, rtol: float = 1e-5, atol: float = 1e-5,
                  timesteps: TimestepSpec = "uniform", options: Optional[dict] = None):
-        if method not in FIXED_METHODS and method not in ADAPTIVE_METHODS:
-            raise ValueError(f"method must be one of {sorted(FIXED_METHODS) + sorted(ADAPTIVE_METHODS)}, got {method!r}")
+        check_method(method)
         for name, v in (("rtol", rtol), ("atol", atol)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict of torchdiffeq solver options, got {type(options).__name__}")
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
         self.timesteps, self.options = timesteps, dict(options or {})
 
-    @property
-    def adaptive(self) -> bool:
-        return self.method in ADAPTIVE_METHODS
+    adaptive = property(lambda self: METHODS[self.method]["adaptive"])
+    order = property(lambda self: METHODS[self.method]["order"])  # type: ignore[assignment]
+    nfe_per_step = property(lambda self: METHODS[self.method]["nfe_per_step"])  # type: ignore[assignment]
+    whole = property(lambda self: self.nfe_per_step is None)  # type: ignore[assignment]
 
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return FIXED_METHODS.get(self.method) or ADAPTIVE_METHODS[self.method]
-
-    @property
-    def nfe_per_step(self) -> Optional[int]:  # type: ignore[override]
-        return None if self.adaptive else FIXED_METHODS[self.method]
-
-    def run(self, sde, score_fn, x, *, steps, eps, generator=None, progress=False) -> Tensor:
-        from torchdiffeq import odeint
-
+    def solve(self, sde, score_fn, x, ts, progress):
         bar = tqdm(desc=f"ode ({self.method})", unit="nfe", leave=False) if progress else None
-        func = ProbabilityFlowFunc(sde, score_fn, x.shape[0], bar)
-        options = dict(self.options)
-        if self.adaptive:
-            t = torch.tensor([sde.T, eps], device=x.device, dtype=x.dtype)
-            # Make dopri5 land exactly on eps: stepping past it probes t < 0, where VP's field is NaN
-            # ("underflow in dt" with torchdiffeq 0.2.5).
-            options.setdefault("step_t", t[1:])
-        else:
-            grid = get_timesteps(self.timesteps, sde, steps, eps, x)
-            t = grid[[0, -1]]
-            options.setdefault("grid_constructor", lambda f, y0, tt: grid)
         try:
-            out = odeint(func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+            field = ProbabilityFlowField(sde, score_fn, x.shape[0], progress=bar)
+            return solve_ode(field, x, float(ts[0]), float(ts[-1]), x, method=self.method, rtol=self.rtol,
+                             atol=self.atol, options=self.options, grid=None if self.adaptive else ts)
         finally:
             if bar is not None:
                 bar.close()
-        return out[-1]
+
+    def init(self, sde, score_fn, ts, schedule, x, noise):
+        return ProbabilityFlowField(sde, score_fn, x.shape[0]), ts
+
+    def step(self, score_fn, x, i, state, noise):
+        from torchdiffeq import odeint
+
+        field, ts = state
+        # No step_size: torchdiffeq's grid is then the two times given, so this is exactly one step of the method.
+        return odeint(field, x, ts[i:i + 2], method=self.method, options=self.options)[-1], state

@@ -1,23 +1,38 @@
-"""The reverse-time SDE through `torchsde.sdeint`: a thin adapter, torchsde's solvers unchanged."""
+"""The reverse-time SDE through torchsde: the one adapter module between our `SDE` and torchsde's protocol.
+
+torchsde's solvers are used unchanged, stepped interval by interval so that `sample()`'s loop (callback,
+conditioning hook, NFE counter) runs at every grid point: the solver object is built once per call
+(torchsde's `methods.select` and `ForwardSDE`, what `torchsde.sdeint` itself builds — it has no public
+per-step entry, and calling `sdeint` per interval would re-run its shape check, one extra drift evaluation per
+step) and its `step(t0, t1, y, extra)` is called for each interval, carrying the solver's extra state
+(reversible Heun's) from one interval to the next.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .base import Sampler
 
-__all__ = ["TorchSDEReverse", "SDESampler", "SDE_METHODS"]
+__all__ = ["TorchSDEReverse", "SDESampler", "SDE_METHODS", "StepBrownian"]
 
 # torchsde methods for diagonal/additive noise and the calculus each expects. Our noise g(t) does not depend on x,
 # so the Itô and Stratonovich reverse SDEs coincide and one drift serves both.
 SDE_METHODS = {"euler": "ito", "milstein": "ito", "srk": "ito",
                "midpoint": "stratonovich", "heun": "stratonovich", "euler_heun": "stratonovich",
                "reversible_heun": "stratonovich"}
-_STRONG_ORDER = {"euler": 0.5, "milstein": 1.0, "srk": 1.5, "midpoint": 0.5, "heun": 1.0, "euler_heun": 0.5,
+# Strong orders for additive noise (g independent of x), as torchsde's solvers declare them for that case
+# (its Euler: "1.0 if noise_type == additive"); weak order 1 for all but srk (1.5).
+_STRONG_ORDER = {"euler": 1.0, "milstein": 1.0, "srk": 1.5, "midpoint": 1.0, "heun": 1.0, "euler_heun": 1.0,
                  "reversible_heun": 1.0}
+_WEAK_ORDER = {"srk": 1.5}
+# Drift (score) evaluations per step, counted (tests/test_samplers.py asserts them against the counter);
+# reversible Heun evaluates once more when it starts (`nfe_init`).
+_NFE_PER_STEP = {"euler": 1, "milstein": 1, "srk": 10, "midpoint": 2, "heun": 2, "euler_heun": 1, "reversible_heun": 1}
+_NFE_INIT = {"reversible_heun": 1}
 
 
 class TorchSDEReverse(torch.nn.Module):
@@ -39,10 +54,10 @@ class TorchSDEReverse(torch.nn.Module):
         return t.expand(y.shape[0])
 
     def f(self, s, y: Tensor) -> Tensor:
-        return -self.reverse.drift(y.view(self.shape), self._t(s, y)).flatten(1)
+        return -self.reverse._drift(y.view(self.shape), self._t(s, y)).flatten(1)
 
     def g(self, s, y: Tensor) -> Tensor:
-        return self.reverse.diffusion(self._t(s, y))[:, None].expand_as(y)
+        return self.reverse._diffusion(self._t(s, y))[:, None].expand_as(y)
 
 
 # Methods that query each step's Brownian increment exactly once, in order (so independent draws per call are
@@ -51,20 +66,24 @@ _ONE_QUERY_PER_STEP = ("euler", "milstein", "midpoint", "heun", "euler_heun")
 
 
 class StepBrownian:
-    """Brownian increments `W(tb) - W(ta) ~ N(0, (tb - ta) I)`, one fresh draw from `generator` per query.
+    """Brownian increments `W(tb) - W(ta) ~ N(0, (tb - ta) I)`: the loop's noise for the step, scaled by `√(tb - ta)`.
 
     Valid only for fixed-step solvers that ask for each step's increment once, in order. torchsde's
     `BrownianInterval` (kept for the other methods) builds a binary tree and draws twice per step: on the 2-D
     ring with the exact score that bookkeeping cost ~25% of the score's time (measured, benchmarks/solvers.py)."""
 
-    def __init__(self, shape, dtype: torch.dtype, device: torch.device, generator: Optional[torch.Generator]):
-        self._shape, self._dtype, self._device, self._generator = tuple(shape), dtype, device, generator
+    def __init__(self, shape, dtype: torch.dtype, device: torch.device):
+        self._shape, self._dtype, self._device = tuple(shape), dtype, device
+        self.next_noise: Optional[Tensor] = None  # set by the sampler before each step
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None or return_U or return_A:
             raise ValueError("StepBrownian gives increments over [ta, tb] only (no point values or Lévy areas)")
+        if self.next_noise is None:
+            raise RuntimeError("StepBrownian was queried twice in one step")
+        z, self.next_noise = self.next_noise, None
         dt = torch.as_tensor(tb - ta, dtype=self._dtype, device=self._device)
-        return torch.randn(self._shape, generator=self._generator, dtype=self._dtype, device=self._device) * dt.sqrt()
+        return z.reshape(self._shape) * dt.sqrt()
 
     def __repr__(self) -> str:
         return f"StepBrownian(shape={self._shape}, dtype={self._dtype}, device={self._device})"
@@ -78,38 +97,41 @@ class StepBrownian:
         return self._shape
 
 
+class _State(NamedTuple):
+    solver: object
+    s: Tensor  # the grid in s = T - t, float64
+    shape: tuple
+    bm: object
+    extra: tuple
+
+
 class SDESampler(Sampler):
-    """Reverse-time SDE `dx = [f - g² s] dt + g dw̄` integrated by `torchsde.sdeint` on a uniform grid of `steps` steps.
+    """Reverse-time SDE `dx = [f - g² s] dt + g dw̄` stepped by a torchsde solver on the sampler's time grid.
 
-    `method` is passed explicitly (torchsde's own default for diagonal noise is the costly `srk`):
-    `euler` (1 NFE/step, strong order ½), `milstein` (1; with additive noise as Euler), `srk` (strong 1.5, several NFE),
-    `reversible_heun` (1 amortised), `heun`/`midpoint` (2). The Brownian path is `bm` if given (to share one path
-    across runs); otherwise for the methods that query each step once (euler, milstein, heun, midpoint, euler_heun)
-    one normal draw per step from `generator` (`StepBrownian`), and a `torchsde.BrownianInterval` seeded from
-    `generator` for srk and reversible_heun."""
+    `method` (torchsde's own default for diagonal noise would be the costly `srk`): `euler`, `milstein` (1 NFE
+    per step; with additive noise both are strong order 1), `euler_heun` (1), `heun` and `midpoint` (2),
+    `reversible_heun` (1, plus 1 when it starts), `srk` (10: its diagonal-noise tableau, strong order 1.5). The Brownian path is `bm` if given
+    (to share one path across runs); otherwise for the methods that query each step once (euler, milstein, heun,
+    midpoint, euler_heun) the loop's noise for the step (`StepBrownian`: `generator` or `noise_sampler`), and a
+    `torchsde.BrownianInterval` seeded from `generator` for srk and reversible_heun."""
 
-    weak_order = 1.0
-
-    def __init__(self, method: str = "euler", *, bm=None):
+    def __init__(self, method: str = "euler", *, bm=None, timesteps="uniform"):
         if method not in SDE_METHODS:
             raise ValueError(f"method must be one of {sorted(SDE_METHODS)}, got {method!r}")
-        self.method, self.bm = method, bm
+        self.method, self.bm, self.timesteps = method, bm, timesteps
 
-    @property
-    def order(self) -> float:  # type: ignore[override]
-        return _STRONG_ORDER[self.method]
-
-    @property
-    def nfe_per_step(self) -> Optional[int]:  # type: ignore[override]
-        return {"euler": 1, "milstein": 1, "reversible_heun": 1, "euler_heun": 2, "heun": 2, "midpoint": 1}.get(self.method)
+    order = property(lambda self: _STRONG_ORDER[self.method])  # type: ignore[assignment]
+    weak_order = property(lambda self: _WEAK_ORDER.get(self.method, 1.0))  # type: ignore[assignment]
+    nfe_per_step = property(lambda self: _NFE_PER_STEP[self.method])  # type: ignore[assignment]
+    nfe_init = property(lambda self: _NFE_INIT.get(self.method, 0))  # type: ignore[assignment]
 
     def brownian(self, x: Tensor, span: float, generator: Optional[torch.Generator], steps: int):
-        """A Brownian path on `[0, span]` for flattened states, drawn from `generator`."""
+        """A Brownian path on `[0, span]` for flattened states."""
         import torchsde
 
         size = (x.shape[0], x[0].numel())
         if self.method in _ONE_QUERY_PER_STEP:
-            return StepBrownian(size, x.dtype, x.device, generator)
+            return StepBrownian(size, x.dtype, x.device)
         entropy = None
         if generator is not None:  # one draw, before the loop
             entropy = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
@@ -117,14 +139,22 @@ class SDESampler(Sampler):
         return torchsde.BrownianInterval(t0=0.0, t1=span, size=size, dtype=x.dtype, device=x.device, entropy=entropy,
                                          levy_area_approximation=levy, dt=span / steps)
 
-    def run(self, sde, score_fn, x, *, steps, eps, generator=None, progress=False) -> Tensor:
-        import torchsde
+    def init(self, sde, score_fn, ts, schedule, x, noise):
+        from torchsde._core import base_sde, methods
 
-        span = sde.T - eps
         func = TorchSDEReverse(sde, score_fn, x.shape, SDE_METHODS[self.method])
-        bm = self.bm if self.bm is not None else self.brownian(x, span, generator, steps)
-        # Times in float64 even for float32 states: torchsde accumulates t += dt, and float32 rounding would add
-        # a sliver step (one more NFE) at the end.
-        s = torch.tensor([0.0, span], device=x.device, dtype=torch.float64)
-        ys = torchsde.sdeint(func, x.flatten(1), s, bm=bm, method=self.method, dt=span / steps, adaptive=False)
-        return ys[-1].view(x.shape)
+        # Times in float64 even for float32 states, as torchsde keeps them.
+        s = (sde.T - ts.detach().to(torch.float64)).cpu()
+        span = float(s[-1] - s[0])
+        bm = self.bm if self.bm is not None else self.brownian(x, span, noise.generator, len(ts) - 1)
+        solver = methods.select(method=self.method, sde_type=func.sde_type)(
+            sde=base_sde.ForwardSDE(func), bm=bm, dt=span / (len(ts) - 1), adaptive=False, rtol=1e-5, atol=1e-4,
+            dt_min=1e-5, options={})
+        y = x.flatten(1)
+        return _State(solver, s, tuple(x.shape), bm, solver.init_extra_solver_state(s[0], y))
+
+    def step(self, score_fn, x, i, state, noise):
+        if isinstance(state.bm, StepBrownian):
+            state.bm.next_noise = noise(i)
+        y, extra = state.solver.step(state.s[i], state.s[i + 1], x.flatten(1), state.extra)
+        return y.view(state.shape), state._replace(extra=extra)
