@@ -25,7 +25,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._utils import check_batch, check_time, flat_sum
+from ._utils import check_batch, check_number, check_time, flat_sum
 
 WEIGHTINGS = ("sigma2", "likelihood")
 T_SAMPLINGS = ("iid", "stratified", "antithetic")
@@ -47,8 +47,7 @@ def _check_options(sde, eps: float, weighting: str, importance_sampling: bool, t
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
     if not isinstance(importance_sampling, bool):
         raise TypeError(f"importance_sampling must be a bool, got {type(importance_sampling).__name__}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not (0 <= eps < sde.T):
-        raise ValueError(f"eps must be a number in [0, T={sde.T}), got {eps!r}")
+    eps = check_number(eps, "eps", lo=0.0, hi=sde.T, hi_open=True)
     if importance_sampling and eps <= 0:
         raise ValueError("eps must be > 0 with importance_sampling=True (the density g²/σ² is not integrable at t = 0)")
     return float(eps)

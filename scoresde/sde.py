@@ -89,6 +89,7 @@ class SDE(abc.ABC):
     T: float = 1.0
     default_eps: float = _VP_SAMPLE_EPS
     default_likelihood_eps: float = _VP_LIKELIHOOD_EPS
+    default_timesteps: str = "uniform"  # the grid of the samplers whose `timesteps` is "auto"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -223,10 +224,12 @@ class LinearSDE(SDE):
     zero-mean, unit-variance data (exactly `N(0, I)` for variance-preserving SDEs).
 
     `schedule(t)` tabulates `m, σ, λ = log(m/σ), g², f` at the times `t` with the conversions between score,
-    ε, x̂₀ and v (`Schedule`); `default_eps` is the time at which `σ/m` equals VP's at `t = 1e-3`.
+    ε, x̂₀ and v (`Schedule`); `default_eps` is the time at which `σ/m` equals VP's at `t = 1e-3`, and the samplers'
+    default grid (`default_timesteps = "vp_matched"`) puts their steps at VP's uniform grid's noise levels.
     """
 
     _n_panels: int = 4096
+    default_timesteps = "vp_matched"
 
     def __init__(self, T: float = 1.0):
         self.T = check_positive(T, "T")
@@ -417,6 +420,7 @@ class VPSDE(LinearSDE):
 
     default_eps = _VP_SAMPLE_EPS  # type: ignore[assignment]
     default_likelihood_eps = _VP_LIKELIHOOD_EPS  # type: ignore[assignment]
+    default_timesteps = "uniform"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
         super().__init__(T)
@@ -487,6 +491,7 @@ class VESDE(LinearSDE):
 
     default_eps = 1e-5  # type: ignore[assignment]
     default_likelihood_eps = _VP_LIKELIHOOD_EPS  # type: ignore[assignment]
+    default_timesteps = "uniform"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
         super().__init__(T)

@@ -64,7 +64,9 @@ def _from_name(name: str, options: dict) -> Sampler:
         "euler_maruyama": EulerMaruyama,
         "reverse_diffusion": ReverseDiffusion,
         "pc": PCSampler,
-        "langevin": lambda corrector_steps=1, **kw: PCSampler("none", "ald", corrector_steps=corrector_steps, **kw),
+        # NCSN's geometric noise levels are a grid uniform in log-SNR: one noise schedule fits every SDE's clock
+        "langevin": lambda corrector_steps=1, timesteps="log_snr", **kw: PCSampler(
+            "none", "ald", corrector_steps=corrector_steps, timesteps=timesteps, **kw),
         "sde": SDESampler,
         "ode": ODESampler,
         "dpm_solver": DPMSolver,

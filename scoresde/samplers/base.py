@@ -66,7 +66,7 @@ class Sampler(abc.ABC):
     nfe_init: ClassVar[int] = 0
     stochastic: ClassVar[bool] = True
     whole: ClassVar[bool] = False
-    timesteps: TimestepSpec = "uniform"
+    timesteps: TimestepSpec = "auto"  # the SDE's `default_timesteps`: uniform on the built-ins
 
     def check(self, sde: SDE) -> None:
         """Raise `TypeError`/`ValueError` if this sampler cannot handle `sde` (called once by `sample`)."""

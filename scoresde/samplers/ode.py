@@ -128,7 +128,7 @@ class ODESampler(Sampler):
     stochastic = False
 
     def __init__(self, method: str = "dopri5", *, rtol: float = 1e-5, atol: float = 1e-5,
-                 timesteps: TimestepSpec = "uniform", options: Optional[dict] = None):
+                 timesteps: TimestepSpec = "auto", options: Optional[dict] = None):
         check_method(method)
         for name, v in (("rtol", rtol), ("atol", atol)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:

@@ -28,7 +28,7 @@ class PCSampler(Sampler):
     """Predictor–corrector: at each `t_i`, `corrector_steps` corrector moves at `t_i`, then one predictor step to `t_{i+1}`.
 
     Song et al. 2021, Alg. 1. A composite step: its state is the predictor's and the corrector's. NFE per step =
-    predictor's + `corrector_steps` × corrector's. The default grid is uniform in time from `T` to `eps`. The
+    predictor's + `corrector_steps` × corrector's. The default grid (`"auto"`) is uniform in time on the built-in SDEs and VP-matched (`timesteps.vp_matched`) on others. The
     predictor's noise follows `sample`'s `noise_sampler` when one is given; corrector moves always draw fresh noise."""
 
     def __init__(
@@ -38,7 +38,7 @@ class PCSampler(Sampler):
         *,
         snr: float = 0.16,
         corrector_steps: int = 1,
-        timesteps: TimestepSpec = "uniform",
+        timesteps: TimestepSpec = "auto",
     ):
         if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not snr > 0:
             raise ValueError(f"snr must be a positive number, got {snr!r}")

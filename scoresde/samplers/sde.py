@@ -115,7 +115,7 @@ class SDESampler(Sampler):
     midpoint, euler_heun) the loop's noise for the step (`StepBrownian`: `generator` or `noise_sampler`), and a
     `torchsde.BrownianInterval` seeded from `generator` for srk and reversible_heun."""
 
-    def __init__(self, method: str = "euler", *, bm=None, timesteps="uniform"):
+    def __init__(self, method: str = "euler", *, bm=None, timesteps="auto"):
         if method not in SDE_METHODS:
             raise ValueError(f"method must be one of {sorted(SDE_METHODS)}, got {method!r}")
         self.method, self.bm, self.timesteps = method, bm, timesteps

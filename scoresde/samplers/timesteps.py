@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..sde import SDE, LinearSDE
 
-__all__ = ["uniform", "log_snr", "log_snr_capped", "edm", "time_quadratic", "get_timesteps", "TIMESTEPS"]
+__all__ = ["uniform", "vp_matched", "log_snr", "log_snr_capped", "edm", "time_quadratic", "get_timesteps", "TIMESTEPS"]
 
 
 def _finish(t: Tensor, sde: SDE, eps: float, ref: Tensor) -> Tensor:
@@ -78,7 +78,23 @@ def log_snr_capped(sde: LinearSDE, steps: int, eps: float, ref: Tensor, cap: flo
     return _finish(sde.t_from_half_log_snr(lam), sde, eps, ref)
 
 
-TIMESTEPS = {"uniform": uniform, "time_quadratic": time_quadratic, "log_snr": log_snr, "edm": edm,
+def vp_matched(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
+    """Song et al.'s uniform grid of the default VP SDE carried to `sde` through the noise level: `t_i` is where
+    `sde`'s `λ` equals VP's at the `i`-th point of a uniform grid in VP's clock (spanning `sde`'s own `λ(T)` to
+    `λ(eps)`). On VP it is the uniform grid; on a user's SDE it puts the steps at the noise levels they would have
+    on VP, whatever the user's clock (a uniform grid on `[eps, 6]` for an Ornstein–Uhlenbeck process spends one
+    step from σ ≈ 0.11 to the end)."""
+    from ..sde import VPSDE
+
+    vp = VPSDE()
+    lam_T, lam_eps = _lambda_ends(sde, eps, ref)
+    s = torch.linspace(0, 1, steps + 1, **_f64(ref))
+    ends = vp.t_from_half_log_snr(torch.stack([lam_T, lam_eps]))  # VP's closed form extends past T = 1 if needed
+    lam = vp._half_log_snr(ends[0] + s * (ends[1] - ends[0]))
+    return _finish(sde.t_from_half_log_snr(lam), sde, eps, ref)
+
+
+TIMESTEPS = {"uniform": uniform, "vp_matched": vp_matched, "time_quadratic": time_quadratic, "log_snr": log_snr, "edm": edm,
              "log_snr_capped": log_snr_capped}
 
 TimestepSpec = Union[str, Tensor, Callable[[SDE, int, float, Tensor], Tensor]]
@@ -94,8 +110,10 @@ def get_timesteps(spec: TimestepSpec, sde: SDE, steps: int, eps: float, ref: Ten
     elif callable(spec):
         ts = spec(sde, steps, eps, ref)
     elif isinstance(spec, str):
+        if spec == "auto":  # the SDE's own default: uniform for the built-ins, VP-matched for other linear SDEs
+            spec = getattr(sde, "default_timesteps", "uniform")
         if spec not in TIMESTEPS:
-            raise ValueError(f"timesteps must be one of {sorted(TIMESTEPS)}, a callable or a tensor; got {spec!r}")
+            raise ValueError(f"timesteps must be 'auto', one of {sorted(TIMESTEPS)}, a callable or a tensor; got {spec!r}")
         if spec != "uniform" and spec != "time_quadratic" and not isinstance(sde, LinearSDE):
             raise TypeError(f"timesteps={spec!r} needs a LinearSDE (log-SNR); sde is a {type(sde).__name__}")
         ts = TIMESTEPS[spec](sde, steps, eps, ref)
