@@ -100,9 +100,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.force:
             raise UserError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume, "
                             f"start it over with --force, or give another --out")
+    resume = args.resume
+    if resume and not (out / CHECKPOINT).is_file():
+        print(f"scoresde: note: no checkpoint in {out} to resume; starting a new run", file=sys.stderr)
+        resume = False
+    elif resume and args.steps is None and not _toml_sets(args.config, "steps"):
+        from .train import read_checkpoint
+
+        # --resume without --steps continues to the saved run's own target, not the default
+        saved = read_checkpoint(out / CHECKPOINT, ("config",))["config"]
+        if isinstance(saved, dict) and isinstance(saved.get("steps"), int) and saved["steps"] > 0:
+            config = config.replace(steps=saved["steps"])
+    trainer = Trainer(config, resume=resume, progress=not args.no_progress)  # checks data, device, config first
+    if existing and not args.resume and trainer.rank == 0:  # --force: the old run goes only once the new one can start
         for f in [CHECKPOINT, "log.jsonl"] + [p.name for p in out.glob("samples_*.png")]:
             (out / f).unlink(missing_ok=True)
-    trainer = Trainer(config, resume=args.resume, progress=not args.no_progress)
     if trainer.step >= trainer.config.steps:
         trainer.fit()  # trains nothing; releases a process group
         if trainer.rank != 0:
@@ -113,6 +125,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = trainer.fit()
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _toml_sets(path: Optional[str], field: str) -> bool:
+    if not path:
+        return False
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    d = tomllib.loads(Path(path).read_text())  # already parsed once by TrainConfig.from_toml: valid here
+    return field in (d["train"] if set(d) == {"train"} and isinstance(d["train"], dict) else d)
 
 
 def _check_device(name: str) -> str:
@@ -153,9 +177,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     npz = out.with_suffix(".npz")
     _atomic_npz(npz, x=x.detach().cpu().numpy())
-    save_samples(x, out, title=f"{args.sampler}, {args.steps} steps, {args.n} samples of shape {tuple(shape[1:])}")
+    save_samples(x, out, title=f"{args.sampler}, {args.steps} steps, {args.n} samples of shape {tuple(shape[1:])}",
+                 reference=_training_data(args.ckpt, x.shape[1:], len(x)))
     print(f"wrote {out} and {npz} ({args.n} samples of shape {tuple(shape[1:])})")
     return 0
+
+
+def _training_data(ckpt: str, event_shape, n: int):
+    """The test split of the data a checkpoint was trained on (drawn in grey behind its samples), or None if it cannot be had."""
+    from .plotting import is_image_event
+    from .train import CHECKPOINT, read_checkpoint
+
+    if is_image_event(tuple(event_shape)):
+        return None
+    try:
+        from .data import load_dataset
+
+        p = Path(ckpt)
+        data = read_checkpoint(p / CHECKPOINT if p.is_dir() else p, ("config",))["config"]["data"]
+        test = load_dataset(data)[1]
+        return test[:n] if tuple(test.shape[1:]) == tuple(event_shape) else None
+    except Exception:  # a moved or deleted data file only costs the grey backdrop
+        return None
 
 
 def _atomic_npz(path: Path, **arrays) -> None:
