@@ -7,6 +7,7 @@ library itself never pays for it.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -23,9 +24,14 @@ def _plt():
     return plt
 
 
+def is_image_event(event_shape: tuple) -> bool:
+    """`(C, H, W)` with 1 or 3 channels and H, W >= 4: pictured as images; any other shape is a vector."""
+    return len(event_shape) == 3 and event_shape[0] in (1, 3) and event_shape[1] >= 4 and event_shape[2] >= 4
+
+
 def is_image_batch(x: Tensor) -> bool:
-    """`(B, C, H, W)` with 1 or 3 channels and H, W >= 4: pictured as images; any other shape is a batch of vectors."""
-    return x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[2] >= 4 and x.shape[3] >= 4
+    """A batch `(B, C, H, W)` of images in the sense of `is_image_event`."""
+    return x.ndim == 4 and is_image_event(tuple(x.shape[1:]))
 
 
 def save_samples(x: Tensor, path: str | Path, *, title: Optional[str] = None, reference: Optional[Tensor] = None) -> Path:
@@ -103,7 +109,7 @@ def pair_plot(x: Tensor, path: str | Path, *, title: Optional[str] = None, refer
     note = [f"first {d} of {d_all} coordinates"] if d < d_all else []
     if n_bad:
         note.append(f"{n_bad} non-finite samples not shown")
-    fig.suptitle(head + (" (" + "; ".join(note) + ")" if note else ""), fontsize=9)
+    fig.suptitle(textwrap.fill(head + (" (" + "; ".join(note) + ")" if note else ""), 30 * d + 20), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -135,7 +141,7 @@ def scatter_panels(
         if ref is not None:
             ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.8", rasterized=True)
         ax.scatter(pts[:, 0], pts[:, 1], s=1, c="C0", rasterized=True)
-        ax.set_title(name + (f" ({n_bad} non-finite not shown)" if n_bad else ""), fontsize=9)
+        ax.set_title(textwrap.fill(name + (f" ({n_bad} non-finite not shown)" if n_bad else ""), 42), fontsize=9)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
@@ -178,7 +184,7 @@ def image_grid(x: Tensor, path: str | Path, *, title: Optional[str] = None, nrow
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 60), fontsize=9)
     return _save(fig, path)
 
 
@@ -207,6 +213,17 @@ def quality_vs_nfe(
     if floor is not None and floor > 0:
         ax.axhspan(-floor, floor, color="0.85", zorder=0, label=f"within the noise floor (±{floor:.2g})")
     ax.set_xscale("log")
+    nfes = sorted({p[0] for pts in curves.values() for p in pts})
+    if nfes:
+        from matplotlib.ticker import NullFormatter
+
+        shown, last = [], None
+        for v in nfes:  # label the NFE values used, skipping any too close (in log scale) to the last one labelled
+            if v > 0 and (last is None or v / last >= 1.3):
+                shown.append(v)
+                last = v
+        ax.set_xticks(shown, [f"{v:g}" for v in shown])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     if logy:
         pos = [abs(v) for v in values if v != 0]
         linthresh = floor if floor is not None and floor > 0 else (min(pos) if pos else 1e-6)
