@@ -344,3 +344,16 @@ def test_resume_log_has_no_repeated_steps_and_fewer_steps_says_so(tmp_path, caps
     assert main(base + ["--steps", "10", "--resume"]) == 0
     assert "nothing to train" in capsys.readouterr().out
     assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 20
+
+
+def test_resume_without_steps_continues_to_the_saved_target_and_missing_checkpoint_is_one_note(tmp_path, capsys):
+    out, cfg = tmp_path / "run", toml(tmp_path, final_eval=False, **{k: v for k, v in SMALL.items() if not k.startswith("eval")})
+    base = ["train", "--data", "ring", "--batch-size", "32", "--config", cfg, "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(base + ["--steps", "10", "--resume"]) == 0  # nothing to resume: a new run, said in one line
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scoresde: note:") and len(err.splitlines()) == 1, err
+    ck = torch.load(out / CHECKPOINT, weights_only=True)
+    ck["config"]["steps"] = 20  # as if a 20-step run had been stopped at step 10
+    torch.save(ck, out / CHECKPOINT)
+    assert main(base + ["--resume"]) == 0
+    assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 20
