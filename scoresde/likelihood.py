@@ -186,41 +186,25 @@ def log_likelihood(
     return LikelihoodResult(prior + delta, z, counted.calls, delta, stderr)
 
 
-def _flow(sde, score_fn, x, t0, t1, method, rtol, atol, options) -> Tensor:
+def _flow(sde, score_fn, x, name: str, forward: bool, *, method: str = "dopri5", rtol: float = 1e-5,
+          atol: float = 1e-5, eps: Optional[float] = None, options: Optional[dict] = None) -> Tensor:
+    rtol, atol, eps, options = _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options)
+    t0, t1 = (eps, sde.T) if forward else (sde.T, eps)
     field = ProbabilityFlowField(sde, CountingScore(score_fn), x.shape[0])
     return solve_ode(field, x.detach(), t0, t1, x, method=method, rtol=rtol, atol=atol, options=options)
 
 
-def encode(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    *,
-    method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    eps: Optional[float] = None,
-    options: Optional[dict] = None,
-) -> Tensor:
-    """`x(eps) -> x(T)`: the probability-flow ODE `dx/dt = f - ½ g² s` integrated forward (no gradients kept)."""
-    rtol, atol, eps, options = _check_common(sde, score_fn, x, "x", method, rtol, atol, eps, options)
-    return _flow(sde, score_fn, x, eps, sde.T, method, rtol, atol, options)
+def encode(sde: SDE, score_fn: ScoreFn, x: Tensor, **ode_options) -> Tensor:
+    """`x(eps) -> x(T)`: the probability-flow ODE `dx/dt = f - ½ g² s` integrated forward (no gradients kept).
+
+    `ode_options`: `method="dopri5"`, `rtol=1e-5`, `atol=1e-5`, `eps=None` (`sde.default_likelihood_eps`),
+    `options` (torchdiffeq's), as for `log_likelihood`."""
+    return _flow(sde, score_fn, x, "x", True, **ode_options)
 
 
-def decode(
-    sde: SDE,
-    score_fn: ScoreFn,
-    z: Tensor,
-    *,
-    method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    eps: Optional[float] = None,
-    options: Optional[dict] = None,
-) -> Tensor:
+def decode(sde: SDE, score_fn: ScoreFn, z: Tensor, **ode_options) -> Tensor:
     """`x(T) -> x(eps)`: the same ODE integrated backward from the latent `z` (the inverse of `encode`)."""
-    rtol, atol, eps, options = _check_common(sde, score_fn, z, "z", method, rtol, atol, eps, options)
-    return _flow(sde, score_fn, z, sde.T, eps, method, rtol, atol, options)
+    return _flow(sde, score_fn, z, "z", False, **ode_options)
 
 
 # -- bits per dimension and dequantisation ------------------------------------------

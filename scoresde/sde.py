@@ -451,7 +451,10 @@ class VPSDE(LinearSDE):
 
     def t_from_half_log_snr(self, lam: Tensor) -> Tensor:
         # ∫β(t) = log(1 + e^{-2λ}): solve the quadratic in t.
-        target = torch.nn.functional.softplus(-2 * lam)
+        return self._t_from_integral_beta(torch.nn.functional.softplus(-2 * lam))
+
+    def _t_from_integral_beta(self, target: Tensor) -> Tensor:
+        """Solve `∫₀ᵗ β = target` for `t` (a quadratic; written without cancellation)."""
         if self.beta_max == self.beta_min:
             return target / self.beta_min
         d = self.beta_max - self.beta_min
@@ -476,11 +479,7 @@ class SubVPSDE(VPSDE):
         # Written with e^{-λ} so it neither overflows for large λ nor cancels for small.
         a = torch.exp(-lam)
         m = 2.0 / (a + (a * a + 4).sqrt())
-        target = -2 * m.log()
-        if self.beta_max == self.beta_min:
-            return target / self.beta_min
-        d = self.beta_max - self.beta_min
-        return 2 * target / (self.beta_min + (self.beta_min**2 + 2 * d * target).sqrt())
+        return self._t_from_integral_beta(-2 * m.log())
 
 
 class VESDE(LinearSDE):
