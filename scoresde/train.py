@@ -496,6 +496,11 @@ class Trainer:
             save_samples(x[:64] if images else x, self.out / f"samples_{self.step:07d}.png",
                          title=f"EMA samples, step {self.step} ({c.eval_sampler}, {c.eval_steps} steps)", reference=ref)
         if c.eval_bpd > 0:
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"evaluating step {self.step}: bits/dim of {min(c.eval_bpd, len(self.test_x))} test points "
+                           f"(probability-flow ODE; set eval_bpd = 0 to skip)")
             try:
                 from .likelihood import bits_per_dim, log_likelihood
             except ImportError:  # pragma: no cover
