@@ -3,7 +3,10 @@ integrator of the probability-flow ODE in the data-prediction form, for any `Lin
 
 from __future__ import annotations
 
+import math
 from typing import List, NamedTuple
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -74,11 +77,11 @@ class DPMSolver(Sampler):
         # of the state and the stored data predictions D (newest first). Scalars only: built on the CPU from
         # one copy of the table (one host sync, before the loop), so no per-step small kernels run on an accelerator.
         sched = schedule.to("cpu")
-        a, c, cc = _coefficients(sched, orders)
+        a, c, cc = _coefficients(sched, orders)  # Python floats
         correct = [self.corrector and i < n - 1 and not (i == 0 and midpoint) for i in range(n)]
         rows = sched.floats()
         return _State(sde, ts, batch_times(ts, x.shape[0]), [rows[i] for i in range(n)], orders, midpoint, correct,
-                      a.tolist(), c.tolist(), cc.tolist(), [], x)
+                      a, c, cc, [], x)
 
     def step(self, score_fn, x, i, state, noise):
         st = state
@@ -125,15 +128,15 @@ class _State(NamedTuple):
     x_prev: Tensor
 
 
-def _unic_weights(h: Tensor, r: List[Tensor]) -> List[Tensor]:
+def _unic_weights(h: float, r: List[float]) -> List[float]:
     """UniC's `ρ` (Zhao et al. 2023, bh2) for a step of length `h` in λ with earlier nodes at `r_j = (λ_{i-j} - λ_i)/h`:
     `R ρ = b`, `R_qj = r_j^{q-1}` (with `r_k = 1`, the new node), `b_q = q! φ_{q+1}(-h)/(e^{-h} - 1)`, `φ` the
     exponential-integrator functions. With no earlier node (k = 1) it is the trapezoid, `ρ = 1/2`."""
     if not r:
-        return [h.new_tensor(0.5)]
+        return [0.5]
     hh = -h
-    big_b = torch.expm1(hh)
-    nodes = torch.stack(r + [h.new_tensor(1.0)])
+    big_b = math.expm1(hh)
+    nodes = np.array(r + [1.0])
     rows, b = [], []
     hphi, fact = big_b / hh - 1, 1
     for q in range(1, len(r) + 2):
@@ -141,7 +144,7 @@ def _unic_weights(h: Tensor, r: List[Tensor]) -> List[Tensor]:
         b.append(hphi * fact / big_b)
         fact *= q + 1
         hphi = hphi / hh - 1 / fact
-    return list(torch.linalg.solve(torch.stack(rows), torch.stack(b)))
+    return np.linalg.solve(np.stack(rows), np.array(b)).tolist()
 
 
 def _coefficients(sched, orders: List[int]):
@@ -180,14 +183,14 @@ def _coefficients(sched, orders: List[int]):
             beta = -mm * phi2 * r0 / (r0 + r1) + mm * phi3 * 2 / (r0 + r1)
             col = [w0[i] + alpha / r0, -alpha / r0 + beta / r1, -beta / r1]
         for j, v in enumerate(col):
-            c[i, j] = v
+            c[i][j] = v
         if i == n - 1:
             continue  # the last step is never corrected
         r = [(lam[i - j] - lam[i]) / h[i] for j in range(1, k)]
         rho = _unic_weights(h[i], r)
         mb = -m[i + 1] * phi1[i]  # -m_{i+1} B(h), B = e^{-h} - 1 = φ₁
-        cc[i, 0] = mb * rho[-1]
-        cc[i, 1] = w0[i] - mb * (rho[-1] + sum(rj_rho / rj for rj_rho, rj in zip(rho, r)))
+        cc[i][0] = mb * rho[-1]
+        cc[i][1] = w0[i] - mb * (rho[-1] + sum(rj_rho / rj for rj_rho, rj in zip(rho, r)))
         for j in range(1, k):
-            cc[i, 1 + j] = mb * rho[j - 1] / r[j - 1]
+            cc[i][1 + j] = mb * rho[j - 1] / r[j - 1]
     return a, c, cc
