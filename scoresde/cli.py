@@ -244,8 +244,21 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark_module(which: str):
+    """`benchmarks.<which>`: the reference scripts live in a source checkout (they are not installed); found from
+    the current folder or beside the package of an editable install."""
+    here = Path(__file__).resolve().parents[1]
+    for root in (Path.cwd(), here):
+        if (root / "benchmarks" / f"{which}.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return importlib.import_module(f"benchmarks.{which}")
+    raise UserError(f"bench {which}: the reference benchmarks are scripts in a scoresde source checkout "
+                    "(benchmarks/), not part of the installed package; run this from the checkout's root")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    mod = importlib.import_module(f"benchmarks.{args.which}")
+    mod = _benchmark_module(args.which)
     argv = (["--quick"] if args.quick else []) + (["--out", str(args.out)] if args.out else [])
     if args.device:
         argv += ["--device", args.device]

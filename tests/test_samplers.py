@@ -434,3 +434,39 @@ def test_strong_order_on_a_shared_brownian_path(sde_name, case, brownian_problem
     slope = float(-((logn - logn.mean()) * (loge - loge.mean())).sum() / ((logn - logn.mean()) ** 2).sum())
     declared = sampler.order
     assert declared - 0.3 < slope < declared + 1.2, (slope, errs)
+
+
+def test_callback_and_step_hook_see_every_step():
+    # the loop's two per-step entry points: callback (previews) and the hook where a condition acts
+    from scoresde.samplers import StepHook
+
+    class PinFirstCoordinate(StepHook):
+        """A replacement-style hook: after each step the first coordinate is the forward-noised value 0."""
+
+        def after_step(self, score_fn, x, i, state, sampler, sampler_state, noise):
+            x = x.clone()
+            x[:, 0] = 0.0
+            return x, sampler_state, (state or 0) + 1
+
+        def finish(self, state, stats):
+            stats["hook_steps"] = state
+
+    sde, seen, st = scoresde.VPSDE(), [], {}
+    for name in ("euler_maruyama", "pc", "sde", "dpm_solver", ("ode", dict(method="rk4"))):
+        name, kw = (name, {}) if isinstance(name, str) else name
+        seen.clear()
+        x = sample(sde, RING.score_fn(sde), (16, 2), sampler=name, steps=6, stats=st, denoise=False,
+                   callback=lambda i, t, x: seen.append((i, float(t[0]), float(x[:, 0].abs().max()))),
+                   conditioning=PinFirstCoordinate(), **kw)
+        ts = scoresde.samplers.timesteps.get_timesteps(_from_name_grid(name, kw), sde, 6, sde.default_eps, x)
+        assert [s[0] for s in seen] == list(range(6)) and st["hook_steps"] == 6
+        assert [s[1] for s in seen] == pytest.approx(ts[1:].tolist())
+        assert all(s[2] == 0.0 for s in seen) and bool((x[:, 0] == 0).all())
+    with pytest.raises(ValueError, match="conditioning"):
+        sample(sde, RING.score_fn(sde), (4, 2), sampler="ode", conditioning=PinFirstCoordinate())
+
+
+def _from_name_grid(name, kw):
+    from scoresde.samplers import _from_name
+
+    return _from_name(name, dict(kw)).timesteps

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .._utils import check_batch, check_callable, check_eps, check_generator, check_int, check_shape
 from ..sde import SDE, LinearSDE
-from .base import Corrector, Noise, NoiseSampler, Predictor, Sampler, ScoreFn
+from .base import Corrector, Noise, NoiseSampler, Predictor, Sampler, ScoreFn, StepHook
 from .correctors import AnnealedLangevin, LangevinCorrector, NoneCorrector
 from .denoise import tweedie_denoise
 from .dpm_solver import DPMSolver
@@ -30,6 +30,7 @@ __all__ = [
     "Predictor",
     "Corrector",
     "Noise",
+    "StepHook",
     "PCSampler",
     "AffineStep",
     "EulerMaruyama",
@@ -175,10 +176,16 @@ def sample(
         check_callable(callback, "callback")
     if noise_sampler is not None:
         check_callable(noise_sampler, "noise_sampler")
-    if condition is not None or conditioning is not None:
-        raise NotImplementedError("condition/conditioning: not built yet (see the conditioning issue)")
+    hook = None
+    if isinstance(conditioning, StepHook):
+        hook = conditioning
+    elif condition is not None or conditioning is not None:
+        raise NotImplementedError("condition/conditioning by name: the conditioning methods are not built yet; "
+                                  "a StepHook object may be passed as conditioning")
     solver = _resolve_sampler(sampler, sampler_options)
     solver.check(sde)
+    if hook is not None and solver.whole:
+        raise ValueError(f"conditioning needs a sampler that steps on a grid; {solver!r} solves in one call")
     x = _initial_state(sde, shape, x_T, generator, device, dtype)
     counted = CountingScore(score_fn)
 
@@ -193,9 +200,12 @@ def sample(
             schedule = sde._schedule(ts.to(torch.float64)) if isinstance(sde, LinearSDE) else None
             noise = Noise(x, ts, generator, noise_sampler)
             state = solver.init(sde, counted, ts, schedule, x, noise)
+            hook_state = hook.init(sde, counted, ts, schedule, x, noise) if hook is not None else None
             bar = tqdm(total=n, desc=type(solver).__name__, leave=False) if progress else None
             for i in range(n):
                 x, state = solver.step(counted, x, i, state, noise)
+                if hook is not None:  # the condition acts here
+                    x, state, hook_state = hook.after_step(counted, x, i, hook_state, solver, state, noise)
                 if callback is not None:
                     callback(i, ts[i + 1].expand(x.shape[0]), x)
                 if bar is not None:
@@ -207,6 +217,8 @@ def sample(
     if not bool(torch.isfinite(x).all()):  # one host sync per call
         raise ValueError(f"sampling with {solver!r} produced NaN or inf (score_fn was finite at its first evaluation, "
                          "so it or the solver diverged during the run; more steps or a smaller step near eps may help)")
+    if hook is not None:
+        hook.finish(hook_state, stats)
     if stats is not None:
         stats.update(nfe=counted.calls, steps=steps, sampler=sampler if isinstance(sampler, str) else repr(solver),
                      nfe_per_step=solver.nfe_per_step, nfe_init=solver.nfe_init, eps=float(eps))

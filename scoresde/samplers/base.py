@@ -36,7 +36,7 @@ from .timesteps import TimestepSpec, get_timesteps
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]  # (t, t_next) -> standard normal noise shaped like x
 
-__all__ = ["Sampler", "Predictor", "Corrector", "Noise", "ScoreFn", "NoiseSampler"]
+__all__ = ["Sampler", "Predictor", "Corrector", "StepHook", "Noise", "ScoreFn", "NoiseSampler"]
 
 
 class Noise:
@@ -113,3 +113,21 @@ class Corrector(abc.ABC):
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+
+class StepHook(abc.ABC):
+    """Where a condition acts on the loop (the conditioning methods plug in here): after every step of a
+    stepping sampler, `after_step` may replace the state (replacement), redo the step (re-noise and step again,
+    RePaint), or reweight and resample the batch as particles (SMC). It gets the sampler and its state so that
+    it can call `sampler.step` itself; every score call it makes goes through the loop's counter."""
+
+    def init(self, sde: SDE, score_fn: ScoreFn, ts: Tensor, schedule: Optional[Schedule], x: Tensor, noise: Noise) -> Any:
+        return None
+
+    @abc.abstractmethod
+    def after_step(self, score_fn: ScoreFn, x: Tensor, i: int, state: Any, sampler: Sampler, sampler_state: Any,
+                   noise: Noise) -> Tuple[Tensor, Any, Any]:
+        """After the step from `ts[i]` to `ts[i + 1]`: return `(x, sampler_state, state)`."""
+
+    def finish(self, state: Any, stats: Optional[dict]) -> None:
+        """After the loop: report what it measured (e.g. the effective sample size) into `stats`."""
