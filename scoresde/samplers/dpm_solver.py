@@ -144,28 +144,33 @@ def _unic_weights(h: float, r: List[float]) -> List[float]:
         b.append(hphi * fact / big_b)
         fact *= q + 1
         hphi = hphi / hh - 1 / fact
+    if len(b) == 2:  # one earlier node (2M): Cramer's rule, R = [[1, 1], [r, 1]]
+        r0 = r[0]
+        return [(b[0] - b[1]) / (1 - r0), (b[1] - r0 * b[0]) / (1 - r0)]
     return np.linalg.solve(np.stack(rows), np.array(b)).tolist()
 
 
 def _coefficients(sched, orders: List[int]):
     """Per-step predictor weights `a_i` (n,), `c_ij` (n, 3) of the data predictions `D_{i-j}`; corrector weights
-    `cc_ij` (n, 4) of `[D_{i+1}, D_i, D_{i-1}, ...]` (with the same `a_i`); all in float64 from the grid's schedule.
+    `cc_ij` (n, 4) of `[D_{i+1}, D_i, D_{i-1}, ...]` (with the same `a_i`), from the grid's schedule in float64.
 
     Predictor from `i` to `i + 1` with `k = orders[i]` data predictions `D_i, D_{i-1}, ...`:
     `x_{i+1} = (σ_{i+1}/σ_i) x_i - m_{i+1} φ₁ D_i` (φ₁ = e^{-h} - 1) plus, for k = 2, `-½ m_{i+1} φ₁ (D_i - D_{i-1})/r₀`;
     for k = 3 the exact integrals of the Taylor terms, `m h φ₂ D'` and `-m h² φ₃ D''` (the reference code weights
     its `h² D''/2` by φ₃ alone, which caps the measured order at 2), with backward differences in λ.
     Corrector (UniC, k nodes plus the new one): `x_{i+1} = (σ_{i+1}/σ_i) x_i - m_{i+1} φ₁ D_i
-    - m_{i+1} φ₁ [Σ_{j<k} ρ_j (D_{i-j} - D_i)/r_j + ρ_k (D_{i+1} - D_i)]`."""
-    m, std = sched.m.double(), sched.sigma.double()
-    lam = m.log() - std.log()
+    - m_{i+1} φ₁ [Σ_{j<k} ρ_j (D_{i-j} - D_i)/r_j + ρ_k (D_{i+1} - D_i)]`.
+
+    Plain Python floats (from one host copy of the schedule): a few scalar operations per step, no tensor work."""
+    m, std = sched.m.double().tolist(), sched.sigma.double().tolist()
+    lam = [math.log(mi) - math.log(si) for mi, si in zip(m, std)]
     n = len(m) - 1
-    a = std[1:] / std[:-1]
-    c = torch.zeros(n, 3, dtype=torch.float64)
-    cc = torch.zeros(n, 4, dtype=torch.float64)
-    h = lam[1:] - lam[:-1]
-    phi1 = torch.expm1(-h)
-    w0 = -m[1:] * phi1  # weight of D_i in the first-order update
+    a = [std[i + 1] / std[i] for i in range(n)]
+    c = [[0.0] * 3 for _ in range(n)]
+    cc = [[0.0] * 4 for _ in range(n)]
+    h = [lam[i + 1] - lam[i] for i in range(n)]
+    phi1 = [math.expm1(-hi) for hi in h]
+    w0 = [-m[i + 1] * phi1[i] for i in range(n)]  # weight of D_i in the first-order update
     for i, k in enumerate(orders):
         col = [w0[i]]
         if k == 2:

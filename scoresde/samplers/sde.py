@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .._utils import append_dims
 from .base import Sampler
 
 __all__ = ["TorchSDEReverse", "SDESampler", "SDE_METHODS", "StepBrownian"]
@@ -58,6 +59,20 @@ class TorchSDEReverse(torch.nn.Module):
 
     def g(self, s, y: Tensor) -> Tensor:
         return self.reverse._diffusion(self._t(s, y))[:, None].expand_as(y)
+
+    def g_prod(self, s, y: Tensor, v: Tensor) -> Tensor:
+        return self.reverse._diffusion(self._t(s, y))[:, None] * v
+
+    def f_and_g_prod(self, s, y: Tensor, v: Tensor):
+        # What Euler and Heun ask for: one time conversion and one g(t) for both (torchsde's default calls f and g apart).
+        # The schedule on one time, broadcast; only the score gets the (B,) view.
+        t1 = (self.T - torch.as_tensor(s, dtype=y.dtype)).to(y.device).reshape(1)
+        fwd = self.reverse.forward
+        g = fwd._diffusion(t1)
+        x = y.view(self.shape)
+        score = self.reverse.score_fn(x, t1.expand(y.shape[0]))
+        drift = fwd._drift(x, t1) - append_dims(g * g, x.ndim) * score
+        return -drift.flatten(1), g[:, None] * v
 
 
 # Methods that query each step's Brownian increment exactly once, in order (so independent draws per call are
