@@ -393,7 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except TrainingInterrupted as e:
-        print(f"scoresde: {_one_line(e)}", file=sys.stderr)
+        if e.rank == 0:  # the other DDP ranks stay quiet: rank 0 says where the checkpoint is
+            print(f"scoresde: {_one_line(e)}", file=sys.stderr)
         return 128 + int(e.signum)
     except _user_errors() as e:
         if os.environ.get("SCORESDE_DEBUG"):

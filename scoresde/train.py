@@ -59,11 +59,12 @@ class CheckpointError(ValueError):
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM arrived during `fit`; a checkpoint of the last finished step was saved first."""
+    """SIGINT or SIGTERM arrived during `fit`; a checkpoint of the last finished step was saved first
+    (by rank 0; on the other DDP ranks `checkpoint` is None and `rank` says which rank this is)."""
 
-    def __init__(self, message: str, signum: int, step: int, checkpoint: Optional[Path]):
+    def __init__(self, message: str, signum: int, step: int, checkpoint: Optional[Path], rank: int = 0):
         super().__init__(message)
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.signum, self.step, self.checkpoint, self.rank = signum, step, checkpoint, rank
 
 
 def ema_warmup_decay(decay: float, n: int) -> float:
@@ -386,15 +387,17 @@ class Trainer:
                 if due_ckpt and main:
                     self.save_checkpoint()
                 if stop:
-                    path = None
+                    signum = self._interrupt or signal.SIGINT
+                    name = signal.Signals(signum).name
                     if main:
                         path = self.out / CHECKPOINT
                         if not due_ckpt:
                             self.save_checkpoint()
-                    signum = self._interrupt or signal.SIGINT
-                    name = signal.Signals(signum).name
-                    raise TrainingInterrupted(f"interrupted by {name} at step {s} of {c.steps}; checkpoint saved to {path} "
-                                              f"(continue with --resume)", signum, s, path)
+                        msg = f"interrupted by {name} at step {s} of {c.steps}; checkpoint saved to {path} (continue with --resume)"
+                    else:  # only rank 0 writes checkpoints
+                        path = None
+                        msg = f"rank {self.rank}: interrupted at step {s} of {c.steps}; rank 0 saves the checkpoint"
+                    raise TrainingInterrupted(msg, signum, s, path, rank=self.rank)
                 if due_eval and main:
                     self.evaluate()
             if main and c.final_eval:

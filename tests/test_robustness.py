@@ -310,6 +310,28 @@ def test_signal_saves_a_checkpoint_and_resume_is_bit_exact(signum, tmp_path, mon
     assert steps == [10, 20, 30]
 
 
+def test_interrupt_on_a_rank_other_than_0_says_so_and_the_cli_stays_quiet(tmp_path, monkeypatch, capsys):
+    import scoresde.cli as cli
+
+    trainer = Trainer(tiny(tmp_path, "r1"), progress=False)
+    trainer.rank, trainer.world_size = 1, 2  # as the second of two DDP ranks sees itself, without the process group
+    monkeypatch.setattr(Trainer, "_agree_on_stop", lambda self: self._interrupt is not None)
+    _signal_at(monkeypatch, 7, signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    e = info.value
+    assert e.checkpoint is None and e.rank == 1 and "None" not in str(e) and "rank 0 saves the checkpoint" in str(e)
+    assert not (tmp_path / "r1" / CHECKPOINT).exists()  # only rank 0 writes
+
+    def raise_it(args):
+        raise e
+
+    monkeypatch.setattr(cli, "cmd_train", raise_it)
+    capsys.readouterr()
+    assert main(["train", "--data", "ring"]) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == ""
+
+
 def test_cli_interrupt_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys):
     _signal_at(monkeypatch, 4, signal.SIGINT)
     out = tmp_path / "r"
