@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from scoresde.cli import main
@@ -88,3 +89,24 @@ def test_benchmarks_quick_modes_run(which, tmp_path):
     """Benchmarks must not rot: each `--quick` run writes its table."""
     assert main(["bench", which, "--quick", "--out", str(tmp_path)]) == 0
     assert list(tmp_path.glob("*.md")), "no markdown table written"
+
+
+def test_demo_times_each_sampler_after_an_untimed_warm_up(monkeypatch):
+    import time
+
+    import scoresde.samplers as samplers
+    from scoresde import demo
+
+    calls = []
+
+    def fake_sample(sde, fn, shape, *, sampler, stats=None, **kw):
+        calls.append(shape[0])
+        if len(calls) == 1:
+            time.sleep(0.3)  # a slow first call, as a cold start is
+        if stats is not None:
+            stats["nfe"] = 7
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(samplers, "sample", fake_sample)
+    x, nfe, secs = demo._sample(None, None, 100, "pc", 5, {}, torch.Generator(), "cpu")
+    assert calls == [demo.WARMUP_N, 100] and nfe == 7 and x.shape == (100, 2) and secs < 0.2
