@@ -140,23 +140,13 @@ def _toml_sets(path: Optional[str], field: str) -> bool:
 
 
 def _check_device(name: str) -> str:
-    """`name` if torch accepts it as a device that exists here, else a UserError."""
-    import torch
+    """`name` if torch accepts it as a device that exists here, else a UserError (the trainer's own check)."""
+    from .train import _resolve_device
 
     try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise UserError(f"--device {name!r} is not a device (use cpu, cuda, cuda:N, ...)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name!r}: CUDA is not available here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type != "cpu":
-        try:
-            torch.empty(0, device=dev)
-        except Exception:
-            raise UserError(f"--device {name!r} is not available here") from None
+        _resolve_device(name)
+    except ValueError as e:
+        raise UserError(str(e).replace("device=", "--device ", 1)) from None
     return name
 
 

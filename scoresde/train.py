@@ -115,8 +115,15 @@ def _resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={name!r} but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception:
+            raise ValueError(f"device={name!r} is not available here") from None
     return dev
 
 

@@ -51,3 +51,22 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)
+
+
+@pytest.fixture
+def one_thread():
+    # Two shared cores: a second intra-op thread makes small-network training many times slower under load.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(tmp_path, name="run", **kw):
+    """A TrainConfig for a training run of a few seconds on the ring."""
+    from scoresde.config import TrainConfig
+
+    base = dict(data="ring", n_train=2000, steps=30, batch_size=64, hidden=32, n_blocks=2, emb_dim=32, lr=1e-3,
+                warmup=5, ckpt_every=10, log_every=10, final_eval=False, out=str(tmp_path / name), seed=3)
+    base.update(kw)
+    return TrainConfig(**base)

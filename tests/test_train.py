@@ -12,20 +12,9 @@ from scoresde.config import TrainConfig
 from scoresde.train import CHECKPOINT, NonFiniteLossError, Trainer, load, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: a second intra-op thread makes small-network training many times slower under load.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import tiny  # noqa: E402
 
-
-def tiny(tmp_path, name="run", **kw):
-    base = dict(data="ring", n_train=2000, steps=30, batch_size=64, hidden=32, n_blocks=2, emb_dim=32, lr=1e-3,
-                warmup=5, ckpt_every=10, log_every=10, final_eval=False, out=str(tmp_path / name), seed=3)
-    base.update(kw)
-    return TrainConfig(**base)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _states_equal(a, b):

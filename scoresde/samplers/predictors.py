@@ -7,6 +7,8 @@ through its drift, diffusion and `discretize` kernels.
 
 from __future__ import annotations
 
+import abc
+
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -38,12 +40,13 @@ class AffineStep(Predictor):
 
     nfe_per_step = 1
 
+    @abc.abstractmethod
     def coefficients(self, sched: Schedule, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """`(a, b, c)`, each `(N,)`, for the grid's `N` steps of length `h`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def generic_step(self, sde: SDE, score_fn, x: Tensor, t: Tensor, t_next: Tensor, z: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The same step on an SDE that is not linear (no schedule), through its drift/diffusion kernels."""
 
     def init(self, sde, score_fn, ts, schedule, x, noise):
         coefs = None
