@@ -470,3 +470,12 @@ def _from_name_grid(name, kw):
     from scoresde.samplers import _from_name
 
     return _from_name(name, dict(kw)).timesteps
+
+
+def test_every_named_sampler_takes_a_grid():
+    # sampler options go to the sampler's constructor: a grid for each of them (a regression: the bare predictors had none)
+    sde = scoresde.VPSDE()
+    for name in ("euler_maruyama", "reverse_diffusion", "pc", "langevin", "sde", "dpm_solver"):
+        a = sample(sde, RING.score_fn(sde), (8, 2), sampler=name, steps=4, timesteps="log_snr", generator=torch.Generator().manual_seed(0))
+        b = sample(sde, RING.score_fn(sde), (8, 2), sampler=name, steps=4, timesteps="uniform", generator=torch.Generator().manual_seed(0))
+        assert not torch.equal(a, b), name

@@ -18,6 +18,7 @@ from .._utils import append_dims
 from ..schedule import Schedule
 from ..sde import SDE
 from .base import Predictor
+from .timesteps import TimestepSpec
 
 __all__ = ["AffineStep", "EulerMaruyama", "ReverseDiffusion", "NonePredictor", "PREDICTORS", "batch_times"]
 
@@ -39,6 +40,9 @@ class AffineStep(Predictor):
     (from the schedule) and `generic_step` (for SDEs that are not linear). 1 NFE per step."""
 
     nfe_per_step = 1
+
+    def __init__(self, *, timesteps: TimestepSpec = "auto"):
+        self.timesteps = timesteps
 
     @abc.abstractmethod
     def coefficients(self, sched: Schedule, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
