@@ -70,3 +70,15 @@ def tiny(tmp_path, name="run", **kw):
                 warmup=5, ckpt_every=10, log_every=10, final_eval=False, out=str(tmp_path / name), seed=3)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def states_equal(a, b):
+    """Assert two (nested) state dicts hold bit-identical tensors and equal values."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], dict):
+            states_equal(a[k], b[k])
+        elif isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k

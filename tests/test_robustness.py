@@ -17,7 +17,7 @@ from scoresde.config import TrainConfig
 from scoresde.train import CHECKPOINT, CheckpointError, Trainer, TrainingInterrupted, ema_warmup_decay, load, train
 
 
-from conftest import tiny  # noqa: E402
+from conftest import states_equal as _states_equal, tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,17 +38,6 @@ def one_error_line(capsys, *needles):
         assert n in err, (n, err)
     assert "Traceback" not in err and "weights_only" not in err and "unsafe" not in err.lower()
     return err
-
-
-def _states_equal(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], dict):
-            _states_equal(a[k], b[k])
-        elif isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
 
 
 # -- 1. EMA warm-up -------------------------------------------------------------------------------------

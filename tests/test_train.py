@@ -12,20 +12,9 @@ from scoresde.config import TrainConfig
 from scoresde.train import CHECKPOINT, NonFiniteLossError, Trainer, load, train
 
 
-from conftest import tiny  # noqa: E402
+from conftest import states_equal as _states_equal, tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _states_equal(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], dict):
-            _states_equal(a[k], b[k])
-        elif isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
 
 
 def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
