@@ -23,10 +23,11 @@ from .samplers import (
 )
 from .likelihood import LikelihoodResult, log_likelihood, encode, decode, bits_per_dim, dequantize, dequantization_offset
 from .model import ScoreModel
+from .observation import Observation, Inpainting
 from .losses import dsm_loss
 from .config import TrainConfig
 from .train import Trainer, load
-from . import metrics, nets, oracle
+from . import guidance, metrics, nets, oracle
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "LangevinCorrector", "AnnealedLangevin", "SDESampler", "ODESampler", "DPMSolver",
     # likelihood
     "LikelihoodResult", "log_likelihood", "encode", "decode", "bits_per_dim", "dequantize", "dequantization_offset",
+    # conditioning
+    "Observation", "Inpainting", "guidance",
     # training
     "ScoreModel", "dsm_loss", "nets", "TrainConfig", "Trainer", "load",
 ]  # fmt: skip

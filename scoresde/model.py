@@ -61,6 +61,11 @@ class ScoreModel(nn.Module):
         self.sigma_data = float(sigma_data)
         self.event_shape = tuple(int(s) for s in event_shape) if event_shape is not None else None
 
+    @property
+    def num_classes(self) -> int:
+        """Classes the network is conditioned on (0: unconditional); label `num_classes` is the null label."""
+        return int(getattr(self.net, "num_classes", 0) or 0)
+
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, parameterization={self.parameterization!r}, sigma_data={self.sigma_data:.4g}, event_shape={self.event_shape}"
 
