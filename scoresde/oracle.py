@@ -5,18 +5,23 @@ For data `Σ_k w_k N(μ_k, Σ_k)` and a linear SDE with transition
 So the true score `∇ log p_t` and the true `log p_t` are exact for every `t`:
 samplers and likelihoods driven by `GaussianMixture.score_fn(sde)` carry zero
 model error, and what is left is solver error alone.
+
+Conditioning is exact too: each component is its own class (`score_fn(sde)(x, t, y)` is the score of
+`N(m μ_y, m² Σ_y + σ² I)`, `log_prob_y` is `log p_t(y | x)`), and `posterior(obs)` is the posterior of `x₀`
+given a linear Gaussian observation, again a Gaussian mixture, so conditional samplers are measured against it.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ._utils import TimeLike, batch_time, check_tensor, check_time
+from .guidance import _batch_labels, check_labels
+from .observation import Inpainting, Observation
 from .sde import LinearSDE
 
 __all__ = ["GaussianMixture", "ring8", "grid_mixture", "random_mixture", "mixture64"]
@@ -138,11 +143,114 @@ class GaussianMixture:
             g = torch.einsum("bke,kde->bkd", g, U)
         return g.sum(1).reshape(x.shape)
 
-    def score_fn(self, sde: LinearSDE) -> Callable[[Tensor, Tensor], Tensor]:
-        """The exact score of the marginals of `sde`, as a `score_fn(x, t)` for samplers and likelihoods."""
+    def _score_given(self, x: Tensor, t, sde, labels: Tensor) -> Tensor:
+        """The score of `p_t(x | component labels_b)` per sample; label `K` is the null label (the unconditional
+        score), any other label outside `[0, K)` gives NaN. No host sync: solvers call this every step."""
+        logc, r, var, U = self._components(x, t, sde, False)
+        K = self.n_modes
+        # One-hot responsibilities reuse the mixture formula: the other components enter times an exact 0, so the
+        # result is the single component's score; the null label K keeps the softmax (classifier_free sends it).
+        onehot = (labels[:, None] == torch.arange(K, device=x.device)).to(logc.dtype)
+        resp = torch.where((labels == K)[:, None], torch.softmax(logc, dim=1), onehot)
+        resp = resp.masked_fill(((labels < 0) | (labels > K))[:, None], float("nan"))
+        g = -(r / var) * resp[:, :, None]
+        if U is not None:
+            g = torch.einsum("bke,kde->bkd", g, U)
+        return g.sum(1).reshape(x.shape)
+
+    def score_fn(self, sde: LinearSDE, y: Optional[Union[int, Tensor]] = None) -> "_OracleScore":
+        """The exact score of the marginals of `sde` as a callable `f(x, t, y=None)` for samplers, likelihoods and
+        guidance: `y` a `(B,)` long tensor of component indices gives `∇ₓ log p_t(x | y)`, `None` `∇ₓ log p_t(x)`.
+
+        With `y=labels` (an int or a `(B,)` long tensor in `[0, K)`) the callable is bound to them: `f(x, t)` is
+        the conditional score of those components. Unbound, `f.num_classes == K` and label `K` is the null label
+        (the unconditional score), as for a class-conditional `ScoreModel`, so `guidance.classifier_free` takes it.
+        """
         if not hasattr(sde, "_marginal_coefs"):
             raise TypeError(f"sde must be a LinearSDE (with marginal_coefs), got {type(sde).__name__}")
-        return partial(_bound_score, self, sde)
+        if y is not None:
+            y = check_labels(y, "y", self.n_modes)
+        return _OracleScore(self, sde, y)
+
+    def log_prob_y(self, x: Tensor, t: Optional[TimeLike] = None, *, sde: Optional[LinearSDE] = None) -> Tensor:
+        """`log p_t(y = k | x) = log w_k + log N(x; m μ_k, m² Σ_k + σ² I) - log p_t(x)`, shape `(B, K)`; `t=None`
+        is `t = 0`. The exact noisy classifier: `∇ₓ log p_t(y | x) + ∇ₓ log p_t(x) = ∇ₓ log p_t(x | y)`."""
+        check_tensor(x, "x", min_ndim=2, finite=False)
+        logc, *_ = self._components(x, t, sde)
+        return torch.log_softmax(logc, dim=1)
+
+    def posterior(self, obs: Observation) -> "GaussianMixture":
+        """The exact posterior `p(x₀ | y) ∝ p₀(x₀) N(y; A x₀, noise_std² I)`, again a Gaussian mixture (float64).
+
+        Per component (Kalman form): `S = A Σ_k Aᵀ + σ² I`, `G = Σ_k Aᵀ S⁻¹`, `μ' = μ_k + G (y - A μ_k)`,
+        `Σ' = Σ_k - G A Σ_k`, weight `∝ w_k N(y; A μ_k, S)`. `obs.y` must be one observation `(M,)` shared by
+        the batch. A noise-free `Inpainting` gives the mixture over the unobserved entries only (the Schur
+        complement), event shape `(D - M,)`, in the flattened order of `~mask`; a noise-free general
+        `Observation` has a degenerate posterior (supported on `{A x = y}`) and raises."""
+        if not isinstance(obs, Observation):
+            raise TypeError(f"obs must be an Observation or Inpainting, got {type(obs).__name__}")
+        if isinstance(obs, Inpainting):
+            return self._posterior_inpainting(obs)
+        if obs.y.ndim != 1:
+            raise ValueError(f"posterior needs one observation shared by the batch: obs.y must have shape (M,), "
+                             f"got {tuple(obs.y.shape)}")
+        if obs.noise_free:
+            raise ValueError("posterior of a noise-free general Observation is degenerate (supported on {A x = y}, "
+                             "no density): give it noise_std > 0, or use Inpainting for observed entries")
+        f64 = torch.float64
+        if isinstance(obs.A, Tensor):
+            A = obs.matrix(self.event_shape, torch.empty((), dtype=f64)).detach()
+        else:
+            # A callable is applied in its own dtype/device (its parameters may be float32), then cast.
+            A = obs.matrix(self.event_shape).detach().to(device="cpu", dtype=f64)
+        y = obs.y.detach().to(device="cpu", dtype=f64)
+        check_tensor(y, "obs.y")
+        M = A.shape[0]
+        Sig, mu, s2 = self.covariances(), self.means, obs.noise_std**2
+        AS = A @ Sig  # (K, M, D)
+        S = AS @ A.T + s2 * torch.eye(M, dtype=f64)
+        L = torch.linalg.cholesky(S)
+        resid = y - mu @ A.T  # (K, M)
+        gain = torch.cholesky_solve(AS, L).transpose(1, 2)  # Σ Aᵀ S⁻¹, (K, D, M)
+        mean = mu + (gain @ resid[:, :, None])[:, :, 0]
+        # Joseph form of Σ - G A Σ: the same matrix, but a sum of PSD terms, so rounding cannot make it indefinite.
+        IGA = torch.eye(self.dim, dtype=f64) - gain @ A
+        cov = IGA @ Sig @ IGA.transpose(1, 2) + s2 * gain @ gain.transpose(1, 2)
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        w = self._posterior_weights(L, resid)
+        return GaussianMixture(w, mean, cov, event_shape=self.event_shape)
+
+    def _posterior_inpainting(self, obs: Inpainting) -> "GaussianMixture":
+        """Condition on `x[mask] = x_known[mask]`: `μ_u + Σ_uo Σ_oo⁻¹ (x_o - μ_o)`, `Σ_uu - Σ_uo Σ_oo⁻¹ Σ_ou`."""
+        f64 = torch.float64
+        xo = obs.observed(self.event_shape).detach().to(device="cpu", dtype=f64)  # raises for a per-sample one
+        check_tensor(xo, "x_known")
+        mask = obs.mask.detach().to("cpu").flatten()
+        o, u = mask.nonzero().flatten(), (~mask).nonzero().flatten()
+        if u.numel() == 0:
+            raise ValueError("mask observes every entry: the posterior is a point mass, nothing is left to infer")
+        mu = self.means
+        resid = xo - mu[:, o]  # (K, M)
+        if self.eigvecs is None:
+            # Diagonal components: the unobserved entries are independent of the observed ones; keep them diagonal.
+            lam = self.eigvals
+            L = torch.diag_embed(lam[:, o].sqrt())
+            return GaussianMixture(self._posterior_weights(L, resid), mu[:, u], lam[:, u])
+        Sig = self.covariances()
+        Soo, Suo, Suu = Sig[:, o][:, :, o], Sig[:, u][:, :, o], Sig[:, u][:, :, u]
+        L = torch.linalg.cholesky(Soo)
+        gain = torch.cholesky_solve(Suo.transpose(1, 2), L).transpose(1, 2)  # Σ_uo Σ_oo⁻¹, (K, D-M, M)
+        mean = mu[:, u] + (gain @ resid[:, :, None])[:, :, 0]
+        cov = Suu - gain @ Suo.transpose(1, 2)
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        return GaussianMixture(self._posterior_weights(L, resid), mean, cov)
+
+    def _posterior_weights(self, L: Tensor, resid: Tensor) -> Tensor:
+        """`w_k N(resid_k; 0, L_k L_kᵀ)` normalised, in log space (the evidence of a sharp observation underflows)."""
+        z = torch.linalg.solve_triangular(L, resid[:, :, None], upper=False)[:, :, 0]
+        logn = -0.5 * (z * z).sum(1) - torch.diagonal(L, dim1=1, dim2=2).log().sum(1) - 0.5 * resid.shape[1] * math.log(2 * math.pi)
+        logw = self.weights.log() + logn
+        return torch.exp(logw - torch.logsumexp(logw, 0))
 
     def sample(
         self,
@@ -174,19 +282,52 @@ class GaussianMixture:
     def mean(self) -> Tensor:
         return (self.weights[:, None] * self.means).sum(0)
 
+    def covariances(self) -> Tensor:
+        """The component covariances `Σ_k = U_k diag(λ_k) U_kᵀ`, `(K, D, D)` float64 (symmetric to rounding)."""
+        if self.eigvecs is None:
+            return torch.diag_embed(self.eigvals)
+        c = self.eigvecs @ torch.diag_embed(self.eigvals) @ self.eigvecs.transpose(1, 2)
+        return 0.5 * (c + c.transpose(1, 2))
+
     def covariance(self) -> Tensor:
         """Total covariance of `p₀`, `(D, D)` float64."""
-        if self.eigvecs is None:
-            comp = torch.diag_embed(self.eigvals)
-        else:
-            comp = self.eigvecs @ torch.diag_embed(self.eigvals) @ self.eigvecs.transpose(1, 2)
+        comp = self.covariances()
         d = self.means - self.mean()
         w = self.weights[:, None, None]
         return (w * (comp + d[:, :, None] * d[:, None, :])).sum(0)
 
 
-def _bound_score(mix: GaussianMixture, sde: LinearSDE, x: Tensor, t: Tensor) -> Tensor:
-    return mix._score(x, t, sde, False)
+class _OracleScore:
+    """`f(x, t, y=None)`: the exact (conditional) score of a `GaussianMixture`'s marginals under `sde`.
+
+    Checks shapes and dtypes only, never values (no host sync: solvers call it every step); labels are checked
+    where they enter, in `score_fn(sde, y=...)` and the guidance functions."""
+
+    def __init__(self, mix: GaussianMixture, sde: LinearSDE, labels: Optional[Tensor] = None):
+        self.mix, self.sde, self.labels = mix, sde, labels
+        # Unbound it is a conditional score over K classes (guidance reads this); bound, a plain f(x, t).
+        self.num_classes: Optional[int] = mix.n_modes if labels is None else None
+
+    def __repr__(self) -> str:
+        bound = "" if self.labels is None else f", y={tuple(self.labels.shape) or int(self.labels)}"
+        return f"GaussianMixture.score_fn({self.mix!r}, {type(self.sde).__name__}{bound})"
+
+    def __call__(self, x: Tensor, t: TimeLike, y: Optional[Union[int, Tensor]] = None) -> Tensor:
+        if self.labels is not None:
+            if y is not None:
+                raise ValueError("this score_fn is bound to labels (score_fn(sde, y=...)): call it as f(x, t), "
+                                 "or take score_fn(sde) for f(x, t, y)")
+            y = self.labels
+        elif y is None:
+            return self.mix._score(x, t, self.sde, False)
+        elif isinstance(y, int) and not isinstance(y, bool):
+            y = torch.tensor(y)
+        if not isinstance(y, Tensor) or y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            got = f"dtype {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+            raise TypeError(f"y must be None or a (B,) long tensor of component labels, got {got}")
+        if y.ndim > 1:
+            raise ValueError(f"y must be an int or have shape (B,), got {tuple(y.shape)}")
+        return self.mix._score_given(x, t, self.sde, _batch_labels(y, x))
 
 
 def ring8(radius: float = 2.0, std: float = 0.15, n_modes: int = 8) -> GaussianMixture:
