@@ -11,6 +11,10 @@ model can be compared with the exact truth), `checkerboard`, `moons`,
 `swissroll`, `digits` (needs scikit-learn), `FILE.npz` (one array, or the one
 named `x`), `FILE.npy`, or a folder of images (needs Pillow). Integer
 (`uint8`) arrays and images are taken as 8-bit values and mapped to [-1, 1].
+
+Labels (for class-conditional models and classifiers): the toy sets' modes or
+parts (see `toy_sample`), the digits' classes, and an `.npz`'s integer array
+`y` beside `x` (one label >= 0 per sample; `num_classes = max(y) + 1`).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import torch
 from torch import Tensor
 
 TOY = ("ring", "checkerboard", "moons", "swissroll")
+TOY_CLASSES = {"ring": 8, "checkerboard": 8, "moons": 2, "swissroll": 3}  # labels of the toy sets (see `toy_sample`)
 BUILTIN = TOY + ("digits",)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-__all__ = ["Data", "MissingDependency", "load_data", "load_dataset", "toy_sample", "BUILTIN", "TOY"]
+__all__ = ["Data", "MissingDependency", "load_data", "load_dataset", "toy_sample", "BUILTIN", "TOY", "TOY_CLASSES"]
 
 
 @dataclass(frozen=True)
@@ -48,30 +53,48 @@ class Data:
 # -- toy sets -----------------------------------------------------------------------
 
 
-def toy_sample(name: str, n: int, *, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """`n` points of a 2-D toy set, shape `(n, 2)`, roughly within [-2.5, 2.5]²."""
+def toy_sample(name: str, n: int, *, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
+               return_labels: bool = False) -> Tensor | Tuple[Tensor, Tensor]:
+    """`n` points of a 2-D toy set, shape `(n, 2)`, roughly within [-2.5, 2.5]² (and their `(n,)` labels, see `TOY_CLASSES`).
+
+    Labels: ring, the mode index k (the mode at angle 2πk/8); checkerboard, the filled square,
+    `2 row + col // 2` with `row, col = floor(x₂) + 2, floor(x₁) + 2`; moons, 0 for the upper moon,
+    1 for the lower; swissroll, which third of the roll's parameter range `a ∈ [1.5π, 4.5π)` the
+    point comes from (0 innermost). The points are the same with or without labels."""
     g = generator
     if name == "ring":
         from .oracle import ring8
 
-        return ring8().sample(n, generator=g, dtype=dtype)
+        x, y = ring8().sample(n, generator=g, dtype=dtype, return_labels=True)
+        return (x, y) if return_labels else x
     r = lambda *s: torch.rand(s, generator=g, dtype=dtype)  # noqa: E731
     z = lambda *s: torch.randn(s, generator=g, dtype=dtype)  # noqa: E731
     if name == "checkerboard":
         # 4x4 board on [-2, 2]², every other square filled.
         x1 = r(n) * 4 - 2
-        x2 = r(n) - 2 * torch.randint(0, 2, (n,), generator=g).to(dtype) + torch.floor(x1).remainder(2)
-        return torch.stack([x1, x2], 1)
-    if name == "moons":
+        u = r(n)  # drawn before k, as before labels existed: the same points for the same seed
+        k = torch.randint(0, 2, (n,), generator=g)
+        col = torch.floor(x1)
+        x2 = u - 2 * k.to(dtype) + col.remainder(2)
+        x = torch.stack([x1, x2], 1)
+        # from the draw's integer parts, not floor(x₂): u - 2 + 1 can round onto a square's edge
+        row = col.remainder(2).long() - 2 * k + 2
+        y = 2 * row + (col.long() + 2).clamp(0, 3) // 2
+    elif name == "moons":
         a = r(n) * math.pi
         upper = torch.rand(n, generator=g) < 0.5
         x = torch.where(upper, a.cos(), 1 - a.cos())
-        y = torch.where(upper, a.sin(), 0.5 - a.sin())
-        return (torch.stack([x, y], 1) - torch.tensor([0.5, 0.25], dtype=dtype)) * 1.6 + 0.08 * z(n, 2)
-    if name == "swissroll":
-        a = 1.5 * math.pi * (1 + 2 * r(n))
-        return torch.stack([a * a.cos(), a * a.sin()], 1) / 6.0 + 0.05 * z(n, 2)
-    raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY)}")
+        x2 = torch.where(upper, a.sin(), 0.5 - a.sin())
+        x = (torch.stack([x, x2], 1) - torch.tensor([0.5, 0.25], dtype=dtype)) * 1.6 + 0.08 * z(n, 2)
+        y = (~upper).long()
+    elif name == "swissroll":
+        u = r(n)
+        a = 1.5 * math.pi * (1 + 2 * u)
+        x = torch.stack([a * a.cos(), a * a.sin()], 1) / 6.0 + 0.05 * z(n, 2)
+        y = (u * 3).long().clamp(max=2)
+    else:
+        raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY)}")
+    return (x, y) if return_labels else x
 
 
 def _split(x: Tensor, test_fraction: float, seed: int, labels: Optional[Tensor] = None):
@@ -115,17 +138,34 @@ def _digits(seed: int, test_fraction: float) -> Data:
     return _quantised(values, 17, seed, test_fraction, torch.as_tensor(d.target, dtype=torch.long), 10)
 
 
-def _from_array(a: np.ndarray, where: str, seed: int, test_fraction: float) -> Data:
+def _check_labels(y: np.ndarray, n: int, where: str) -> Tuple[Tensor, int]:
+    """Class labels `y` of `n` samples: a 1-D integer array of length `n`, values >= 0; `num_classes = max + 1`."""
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: labels 'y' must be integers (class indices 0..K-1), got dtype {y.dtype}"
+                         + ("; convert them with y.astype(int)" if np.issubdtype(y.dtype, np.floating) else ""))
+    if y.ndim != 1:
+        raise ValueError(f"{where}: labels 'y' must be 1-D, one per sample, got shape {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"{where}: labels 'y' has {y.shape[0]} entries but 'x' has {n} samples")
+    if y.size and int(y.min()) < 0:
+        raise ValueError(f"{where}: labels 'y' must be >= 0 (class indices), got minimum {int(y.min())}")
+    labels = torch.as_tensor(y.astype(np.int64))
+    return labels, int(labels.max()) + 1 if labels.numel() else 0
+
+
+def _from_array(a: np.ndarray, where: str, seed: int, test_fraction: float, y: Optional[np.ndarray] = None) -> Data:
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise ValueError(f"{where}: expected a numeric array, got dtype {a.dtype}")
     if np.issubdtype(a.dtype, np.integer):
         x = _check_array(torch.as_tensor(a.astype(np.int64)), where)
         if int(x.min()) < 0 or int(x.max()) > 255:
             raise ValueError(f"{where}: integer data must be 8-bit values in [0, 255], got range [{int(x.min())}, {int(x.max())}]")
-        return _quantised(x, 256, seed, test_fraction)
+        labels, k = _check_labels(y, x.shape[0], where) if y is not None else (None, 0)
+        return _quantised(x, 256, seed, test_fraction, labels, k)
     x = _check_array(torch.as_tensor(a.astype(np.float32)), where)
-    tr, te, _, _ = _split(x, test_fraction, seed)
-    return Data(tr, te)
+    labels, k = _check_labels(y, x.shape[0], where) if y is not None else (None, 0)
+    tr, te, ytr, yte = _split(x, test_fraction, seed, labels)
+    return Data(tr, te, ytr, yte, num_classes=k)
 
 
 class MissingDependency(ImportError):
@@ -146,14 +186,16 @@ def _load_file(path: Path, seed: int, test_fraction: float) -> Data:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
+                y = None
                 if "x" in keys:
                     a = z["x"]
+                    y = z["y"] if "y" in keys else None  # class labels beside the data
                 elif len(keys) == 1:
                     a = z[keys[0]]
                 else:
                     raise ValueError(f"{where}: an .npz must hold one array or one named 'x', found {keys or 'none'}")
         else:
-            a = np.load(path, allow_pickle=False)
+            a, y = np.load(path, allow_pickle=False), None
     except ValueError as e:
         msg = str(e)
         if msg.startswith(where):
@@ -163,7 +205,7 @@ def _load_file(path: Path, seed: int, test_fraction: float) -> Data:
         raise ValueError(f"{where}: cannot read {kind} ({' '.join(msg.split())[:160]})") from None
     except Exception as e:  # OSError, EOFError, zipfile.BadZipFile, ...: damaged or truncated
         raise ValueError(f"{where}: cannot read {kind}: damaged or truncated ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
-    return _from_array(a, where, seed, test_fraction)
+    return _from_array(a, where, seed, test_fraction, y)
 
 
 def _load_images(folder: Path, seed: int, test_fraction: float) -> Data:
@@ -204,9 +246,9 @@ def load_data(spec: str, *, n_train: Optional[int] = None, n_test: Optional[int]
     s = str(spec)
     if s in TOY:
         n_train, n_test = n_train or 50_000, n_test or 5_000
-        tr = toy_sample(s, n_train, generator=torch.Generator().manual_seed(seed))
-        te = toy_sample(s, n_test, generator=torch.Generator().manual_seed(seed + 10_000))
-        return Data(tr, te)
+        tr, ytr = toy_sample(s, n_train, generator=torch.Generator().manual_seed(seed), return_labels=True)
+        te, yte = toy_sample(s, n_test, generator=torch.Generator().manual_seed(seed + 10_000), return_labels=True)
+        return Data(tr, te, ytr, yte, num_classes=TOY_CLASSES[s])
     if s == "digits":
         return _digits(seed, test_fraction)
     path = Path(s).expanduser()

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,56 @@ def test_image_folder(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no images"):
         load_dataset(str(empty))
+
+
+# -- labels -----------------------------------------------------------------------------------
+
+
+def test_toy_labels_are_the_modes_and_parts():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    from scoresde.data import TOY_CLASSES
+    from scoresde.oracle import ring8
+
+    for name in TOY:  # the same points with or without labels, every class present
+        x, y = toy_sample(name, 5000, generator=g(), return_labels=True)
+        assert torch.equal(x, toy_sample(name, 5000, generator=g())) and y.dtype == torch.long
+        counts = torch.bincount(y)
+        assert len(counts) == TOY_CLASSES[name] and int(counts.min()) > 5000 / TOY_CLASSES[name] / 1.5
+    x, y = toy_sample("ring", 5000, generator=g(), return_labels=True)
+    assert torch.equal(y, ring8().classify(x))  # the mode index is the nearest mode (modes 5σ from any boundary)
+    x, y = toy_sample("checkerboard", 5000, generator=g(), return_labels=True)
+    row, col = torch.floor(x[:, 1]).long() + 2, torch.floor(x[:, 0]).long() + 2
+    assert torch.equal(y, 2 * row + col // 2)
+    x, y = toy_sample("moons", 5000, generator=g(), return_labels=True)
+    a = torch.linspace(0, math.pi, 400)
+    upper = (torch.stack([a.cos(), a.sin()], 1) - torch.tensor([0.5, 0.25])) * 1.6
+    lower = (torch.stack([1 - a.cos(), 0.5 - a.sin()], 1) - torch.tensor([0.5, 0.25])) * 1.6
+    nearer_lower = torch.cdist(x, lower).min(1).values < torch.cdist(x, upper).min(1).values
+    assert float((nearer_lower.long() == y).float().mean()) > 0.99
+    x, y = toy_sample("swissroll", 5000, generator=g(), return_labels=True)
+    a = 6 * x.norm(dim=1)  # the roll's parameter (radius a/6), up to the noise
+    bins = ((a / (1.5 * math.pi) - 1) / 2 * 3).floor().long().clamp(0, 2)
+    assert float((bins == y).float().mean()) > 0.9  # 0.95 here: the noise blurs a/6 by 0.05 near the bin edges
+    d = load_data("ring", n_train=500, n_test=100)
+    assert d.num_classes == 8 and torch.equal(d.train_labels, ring8().classify(d.train)) and d.test_labels.shape == (100,)
+
+
+def test_npz_labels_y_beside_x(tmp_path):
+    x = np.random.default_rng(0).normal(size=(60, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)  # labels a function of x: alignment survives the split
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    d = load_data(str(tmp_path / "xy.npz"))
+    assert d.num_classes == 4 and d.train_labels.shape == (54,) and d.test_labels.shape == (6,)
+    for xs, ys in ((d.train, d.train_labels), (d.test, d.test_labels)):
+        assert torch.equal(ys, (xs[:, 0] > 0).long() + 2 * (xs[:, 1] > 0).long())
+    np.savez(tmp_path / "u8.npz", x=np.arange(60, dtype=np.uint8).reshape(60, 1), y=np.arange(60, dtype=np.uint8) % 3)
+    d = load_data(str(tmp_path / "u8.npz"))  # 8-bit data keeps its labels through dequantisation
+    assert d.num_classes == 3 and torch.equal(d.train_labels, torch.round((d.train_raw[:, 0] + 1) * 128).long() % 3)
+    assert load_data(str(tmp_path / "xy.npz")).num_classes == 4 and load_data("digits").num_classes == 10
+    np.save(tmp_path / "plain.npy", x)
+    assert load_data(str(tmp_path / "plain.npy")).num_classes == 0
+    for bad, needle in ((y.astype(np.float32), "must be integers.*astype"), (y[:-1], "59 entries but 'x' has 60"),
+                        (y - 1, "must be >= 0"), (y.reshape(30, 2), "must be 1-D"), (y > 0, "must be integers")):
+        np.savez(tmp_path / "bad.npz", x=x, y=bad)
+        with pytest.raises(ValueError, match=needle):
+            load_data(str(tmp_path / "bad.npz"))
