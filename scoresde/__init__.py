@@ -22,7 +22,7 @@ from .samplers import (
     DPMSolver,
 )
 from .likelihood import LikelihoodResult, log_likelihood, encode, decode, bits_per_dim, dequantize, dequantization_offset
-from .model import ScoreModel
+from .model import Classifier, ScoreModel
 from .observation import Observation, Inpainting
 from .losses import dsm_loss
 from .config import TrainConfig
@@ -44,5 +44,5 @@ __all__ = [
     # conditioning
     "Observation", "Inpainting", "guidance",
     # training
-    "ScoreModel", "dsm_loss", "nets", "TrainConfig", "Trainer", "load",
+    "ScoreModel", "Classifier", "dsm_loss", "nets", "TrainConfig", "Trainer", "load",
 ]  # fmt: skip

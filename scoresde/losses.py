@@ -31,7 +31,7 @@ WEIGHTINGS = ("sigma2", "likelihood")
 T_SAMPLINGS = ("iid", "stratified", "antithetic")
 REDUCTIONS = ("mean", "sum", "none")
 
-__all__ = ["dsm_loss", "dsm_loss_per_sample", "sample_time", "time_weight", "WEIGHTINGS", "T_SAMPLINGS"]
+__all__ = ["dsm_loss", "dsm_loss_per_sample", "classifier_loss_per_sample", "sample_time", "time_weight", "WEIGHTINGS", "T_SAMPLINGS"]
 
 # sde -> {eps: table}; weak so a discarded SDE's table goes with it.
 _IS_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -191,3 +191,43 @@ def dsm_loss(
     per = dsm_loss_per_sample(model, sde, x0, t=t, noise=noise, weighting=weighting, importance_sampling=importance_sampling,
                               t_sampling=t_sampling, eps=eps, labels=labels, generator=generator)
     return per.mean() if reduction == "mean" else per.sum() if reduction == "sum" else per
+
+
+def classifier_loss_per_sample(
+    classifier: Callable[[Tensor, Tensor], Tensor],
+    sde,
+    x0: Tensor,
+    labels: Tensor,
+    *,
+    t: Optional[Tensor] = None,
+    noise: Optional[Tensor] = None,
+    t_sampling: str = "iid",
+    eps: float = 1e-5,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Per-sample cross-entropy `-log softmax(f(m x₀ + σ ε, t))_y` of a time-conditioned classifier, shape `(B,)`.
+
+    Its minimiser over `t ~ U[eps, T]` is `log p_t(y | x_t)` (up to a constant per `(x_t, t)`), the quantity
+    classifier guidance differentiates. `t` and `noise` default to fresh draws from `generator`."""
+    from torch.nn import functional as F
+
+    eps = _check_options(sde, eps, "sigma2", False, t_sampling)
+    check_batch(x0, "x0", finite=False)
+    if not callable(classifier):
+        raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
+    B = x0.shape[0]
+    if not isinstance(labels, Tensor) or labels.shape != (B,) or labels.is_floating_point():
+        raise ValueError(f"labels must be a ({B},) integer tensor, got {getattr(labels, 'shape', type(labels).__name__)}")
+    if t is None:
+        t = sample_time(sde, B, eps=eps, t_sampling=t_sampling, generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        t = check_time(t, B, x0, sde.T, "t")
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif not isinstance(noise, Tensor) or noise.shape != x0.shape:
+        raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}, got {getattr(noise, 'shape', type(noise).__name__)}")
+    xt = sde._schedule(t).perturb(x0, noise)
+    logits = classifier(xt, t)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # under autocast: the log-softmax in float32
+        logits = logits.float()
+    return F.cross_entropy(logits, labels, reduction="none")

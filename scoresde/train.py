@@ -1,5 +1,9 @@
 """Training: `train(config) -> run folder`, the `Trainer` behind it, and `load(path) -> (EMA ScoreModel, sde)`.
 
+With `config.classifier` the same trainer (data, SDE, batches, EMA, checkpoints, resume, DDP) fits a
+time-conditioned classifier `p_t(y | x_t)` by cross-entropy on `x_t = m x₀ + σ ε` instead, and reports its
+test accuracy by noise level; `load` then gives `(Classifier, sde)`.
+
 One step: draw the global batch (a seeded per-epoch permutation), its
 dequantisation noise, diffusion times and Gaussian noise from a generator
 re-seeded from `(seed, step)`; each DDP rank takes its contiguous slice of that
@@ -38,11 +42,11 @@ from torch.optim.swa_utils import AveragedModel
 
 from .config import TrainConfig, build_sde, sde_config, sde_from_config
 from .data import load_data
-from .losses import dsm_loss_per_sample, sample_time
-from .model import ScoreModel
-from .nets import build_net
+from .losses import classifier_loss_per_sample, dsm_loss_per_sample, sample_time
+from .model import Classifier, ScoreModel
+from .nets import ClassifierNet, build_net
 
-__all__ = ["TrainConfig", "Trainer", "train", "load", "CHECKPOINT", "CheckpointError", "TrainingInterrupted", "read_checkpoint", "ema_warmup_decay"]
+__all__ = ["TrainConfig", "Trainer", "train", "load", "classifier_summary", "CHECKPOINT", "CheckpointError", "TrainingInterrupted", "read_checkpoint", "ema_warmup_decay"]
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
@@ -129,7 +133,11 @@ def _resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def default_out(config: TrainConfig) -> Path:
     stem = Path(config.data).stem or "data"
-    return Path("runs") / f"{stem}-{config.sde}"
+    return Path("runs") / f"{stem}-{config.sde}{'-classifier' if config.classifier else ''}"
+
+
+# Noise levels (as fractions of T) at which a classifier run reports its test accuracy.
+CLASSIFIER_EVAL_T = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
 def _step_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -168,22 +176,34 @@ class Trainer:
         data = load_data(c.data, n_train=c.n_train or None, seed=c.seed if c.data in ("ring", "checkerboard", "moons", "swissroll") else 0)
         if c.batch_size > data.train.shape[0]:
             raise ValueError(f"batch_size ({c.batch_size}) exceeds the {data.train.shape[0]} training samples of {c.data!r}")
-        if c.class_conditional and data.num_classes == 0:
-            raise ValueError(f"class_conditional=True but data {c.data!r} has no labels")
+        for flag in ("class_conditional", "classifier"):
+            if getattr(c, flag) and data.num_classes == 0:
+                raise ValueError(f"{flag}=True but data {c.data!r} has no labels (an .npz can hold them as an integer array 'y' beside 'x')")
+        if c.classifier and data.num_classes < 2:
+            raise ValueError(f"classifier=True needs at least 2 classes; data {c.data!r} has {data.num_classes}")
         self.data_step = data.step
         train_x = data.train_raw if data.train_raw is not None else data.train
         self.train_x = train_x.to(self.device)
-        self.train_y = data.train_labels.to(self.device) if c.class_conditional else None
+        labelled = c.class_conditional or c.classifier
+        self.train_y = data.train_labels.to(self.device) if labelled else None
         self.test_x = data.test
-        self.num_classes = data.num_classes if c.class_conditional else 0
+        self.test_y = data.test_labels if labelled else None
+        # Classes the run knows: a conditional score model's labels (null label = num_classes) or a classifier's K.
+        self.num_classes = data.num_classes if labelled else 0
         self.event_shape = tuple(train_x.shape[1:])
 
         self.sde = build_sde(c)
         torch.manual_seed(c.seed)  # network initialisation
-        kind, net_kwargs = _net_spec(c, self.event_shape, self.num_classes)
-        net = build_net(kind, **net_kwargs)
         sigma_data = float(data.train.std()) if ckpt is None else ckpt["model_config"]["sigma_data"]
-        self.model = ScoreModel(net, self.sde, c.parameterization, sigma_data=sigma_data, event_shape=self.event_shape).to(self.device)
+        if c.classifier:
+            kind, net_kwargs = _net_spec(c, self.event_shape, 0)
+            net_kwargs.pop("num_classes")
+            net = ClassifierNet(kind, self.num_classes, **net_kwargs)
+            self.model = Classifier(net, self.sde, sigma_data=sigma_data, event_shape=self.event_shape).to(self.device)
+        else:
+            kind, net_kwargs = _net_spec(c, self.event_shape, self.num_classes)
+            net = build_net(kind, **net_kwargs)
+            self.model = ScoreModel(net, self.sde, c.parameterization, sigma_data=sigma_data, event_shape=self.event_shape).to(self.device)
         # EMA with warm-up (see `ema_warmup_decay`); checkpoints written before the warm-up existed carry no
         # "ema_schedule" and resume with the constant decay they were trained with.
         self.ema_schedule = "warmup" if ckpt is None else ckpt.get("ema_schedule", "constant")
@@ -211,6 +231,7 @@ class Trainer:
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
                 raise CheckpointError(f"{self.out / CHECKPOINT}: cannot resume from this checkpoint ({type(e).__name__}: {_one_line(e)})") from None
         self.resumed = ckpt is not None
+        self.last_eval: Optional[Dict[str, Any]] = None  # a classifier run's last accuracy record
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -265,8 +286,9 @@ class Trainer:
         labels = None
         if self.train_y is not None:
             labels = self.train_y[idx]
-            drop = torch.rand(labels.shape, generator=g, device=labels.device) < c.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            if c.class_conditional:  # dropout to the null label: the same net learns the unconditional score
+                drop = torch.rand(labels.shape, generator=g, device=labels.device) < c.label_dropout
+                labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return x0, t, noise, labels
 
     def train_step(self) -> Tensor:
@@ -277,9 +299,12 @@ class Trainer:
         sl = slice(self.rank * b, (self.rank + 1) * b)
         self._seed_dropout(_step_seed(c.seed, self.step, stream=2 + self.rank))
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
-            loss = dsm_loss_per_sample(self.ddp, self.sde, x0[sl], t=t[sl], noise=noise[sl], weighting=c.weighting,
-                                       importance_sampling=c.importance_sampling, eps=c.eps,
-                                       labels=None if labels is None else labels[sl]).mean()
+            if c.classifier:
+                loss = classifier_loss_per_sample(self.ddp, self.sde, x0[sl], labels[sl], t=t[sl], noise=noise[sl], eps=c.eps).mean()
+            else:
+                loss = dsm_loss_per_sample(self.ddp, self.sde, x0[sl], t=t[sl], noise=noise[sl], weighting=c.weighting,
+                                           importance_sampling=c.importance_sampling, eps=c.eps,
+                                           labels=None if labels is None else labels[sl]).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip > 0:
@@ -363,7 +388,7 @@ class Trainer:
         if main and self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=c.steps, initial=self.step, desc=f"train {Path(c.data).name}", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=c.steps, initial=self.step, desc=f"train {Path(c.data).name}{' classifier' if c.classifier else ''}", unit="step", dynamic_ncols=True)
         t0, ema_loss = time.perf_counter(), None
         self._interrupt = None
         restore = self._install_signal_handlers()
@@ -473,6 +498,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "sde": sde_config(self.sde),
             "model_config": self.model.config(),
+            "num_classes": self.num_classes,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -489,7 +515,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
-        """EMA samples (PNG) and test bits/dim, when the sampler and likelihood modules are available."""
+        """EMA samples (PNG) and test bits/dim, when the sampler and likelihood modules are available; for a
+        classifier run, its test accuracy at the noise levels `CLASSIFIER_EVAL_T` instead."""
+        if self.config.classifier:
+            return self._evaluate_classifier()
         c, model, rec = self.config, self.ema.module, {"step": self.step}
         dev = self.device
         try:
@@ -535,6 +564,41 @@ class Trainer:
 
             tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
         return rec
+
+    def classifier_accuracy(self, t_fractions=CLASSIFIER_EVAL_T, *, batch: int = 2048) -> Dict[float, float]:
+        """Test accuracy of the EMA classifier on `x_t = m x₀ + σ ε` at `t = f T` for each fraction `f`, with fixed noise."""
+        model, dev = self.ema.module, self.device
+        x, y = self.test_x, self.test_y
+        out = {}
+        for f in t_fractions:
+            g = torch.Generator(device=dev).manual_seed(_step_seed(self.config.seed, 0, stream=8))
+            correct = 0
+            for i in range(0, len(x), batch):
+                x0, yy = x[i : i + batch].to(dev), y[i : i + batch].to(dev)
+                t = torch.full((len(x0),), f * self.sde.T, device=dev, dtype=x0.dtype)
+                xt = self.sde._schedule(t).perturb(x0, torch.randn(x0.shape, generator=g, device=dev, dtype=x0.dtype))
+                correct += int((model(xt, t).argmax(1) == yy).sum())
+            out[f] = correct / len(x)
+        return out
+
+    def _evaluate_classifier(self) -> Dict[str, float]:
+        acc = self.classifier_accuracy()
+        counts = torch.bincount(self.test_y, minlength=self.num_classes)
+        rec: Dict[str, Any] = {"step": self.step, "chance": float(counts.max()) / len(self.test_y)}
+        rec.update({f"test_acc_t={f * self.sde.T:g}": a for f, a in acc.items()})
+        self.last_eval = rec
+        self._log(rec)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(classifier_summary(rec))
+        return rec
+
+
+def classifier_summary(rec: Dict[str, Any]) -> str:
+    """One line: a classifier run's test accuracy by noise level, against chance (the majority class's share)."""
+    accs = ", ".join(f"t={k.split('=', 1)[1]}: {v:.3f}" for k, v in rec.items() if k.startswith("test_acc_t="))
+    return f"step {rec['step']}: test accuracy {accs} (chance {rec['chance']:.3f})"
 
 
 def _ema_groups(ema: AveragedModel, model: nn.Module) -> list:
@@ -694,9 +758,10 @@ def read_checkpoint(path: str | os.PathLike, required: Tuple[str, ...] = _LOAD_K
     return ckpt
 
 
-def load(path: str | os.PathLike, device: Optional[str | torch.device] = None) -> Tuple[ScoreModel, Any]:
+def load(path: str | os.PathLike, device: Optional[str | torch.device] = None) -> Tuple[ScoreModel | Classifier, Any]:
     """`(model, sde)` from a checkpoint file or a run folder: the EMA weights, in eval mode, on `device` (default cpu).
 
+    A classifier run (`train --classifier`) gives `(classifier, sde)`, `classifier(x, t) -> (B, K)` logits.
     A missing file raises `FileNotFoundError`; a file that is not a readable scoresde checkpoint `CheckpointError` (a `ValueError`)."""
     p = Path(path)
     if p.is_dir():
@@ -708,7 +773,10 @@ def load(path: str | os.PathLike, device: Optional[str | torch.device] = None) -
         mc, sde = ckpt["model_config"], sde_from_config(ckpt["sde"])
         net_cfg = dict(mc["net"])
         net = build_net(net_cfg.pop("kind"), **net_cfg)
-        model = ScoreModel(net, sde, mc["parameterization"], sigma_data=mc["sigma_data"], event_shape=mc["event_shape"])
+        if mc.get("kind") == "classifier":
+            model = Classifier(net, sde, sigma_data=mc["sigma_data"], event_shape=mc["event_shape"])
+        else:
+            model = ScoreModel(net, sde, mc["parameterization"], sigma_data=mc["sigma_data"], event_shape=mc["event_shape"])
         ema = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
         model.load_state_dict(ema)
     except Exception as e:  # KeyError, TypeError, ValueError, RuntimeError (state dict mismatch), AttributeError, ...

@@ -121,3 +121,33 @@ def test_score_model_follows_input_dtype_and_float_t(gen):
     model = ScoreModel(MLP(2, hidden=8), scoresde.VESDE()).double()
     x = torch.randn(3, 2, generator=gen, dtype=torch.float64)
     assert model(x, 0.3).dtype == torch.float64
+
+
+@pytest.mark.parametrize("body,kw,shape", [("mlp", dict(dim=4, hidden=16, n_blocks=2), (5, 1, 2, 2)),
+                                           ("unet", dict(in_channels=1, channels=8, channel_mults=(1, 2), num_res_blocks=1), (3, 1, 8, 8))])
+def test_classifier_net_logits_every_weight_used_and_rebuilds(body, kw, shape, gen):
+    from scoresde.model import Classifier
+    from scoresde.nets import ClassifierNet
+
+    net = ClassifierNet(body, 6, **kw)
+    x, c = torch.randn(shape, generator=gen), torch.randn(shape[0], generator=gen)
+    assert torch.equal(net(x, c), torch.zeros(shape[0], 6))  # zero head: log K loss at the start
+    _randomise(net, gen, 0.05)
+    logits = net(x, c)
+    assert logits.shape == (shape[0], 6) and net.num_classes == 6
+    logits.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())  # no decoder left unused (DDP)
+    cfg = net_config(net)
+    twin = build_net(cfg.pop("kind"), **cfg)
+    twin.load_state_dict(net.state_dict())
+    torch.testing.assert_close(twin(x, c), logits, rtol=0, atol=0)
+    # the wrapper feeds the net what ScoreModel feeds its net: c_in x and c_noise = log(σ/m), for any SDE
+    for sde in (scoresde.VPSDE(), scoresde.VESDE(), scoresde.CosineVPSDE()):
+        clf, ref = Classifier(net, sde, sigma_data=0.7), ScoreModel(MLP(4), sde, sigma_data=0.7)
+        t = torch.rand(shape[0], generator=gen) * 0.9 + 0.05
+        _, _, c_in, c_noise = ref.preconditioning(t)
+        torch.testing.assert_close(clf(x, t), net(x * c_in.reshape(-1, 1, 1, 1), c_noise))
+    with pytest.raises(ValueError, match="num_classes"):
+        ClassifierNet(body, 1, **kw)
+    with pytest.raises(ValueError, match="body"):
+        ClassifierNet("resnet", 3)

@@ -65,11 +65,15 @@ class MLP(nn.Module):
     def num_classes(self) -> int:
         return self.embed.num_classes
 
-    def forward(self, x: Tensor, c: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+    def features(self, x: Tensor, c: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """The body's output `SiLU(h_K)`, `(B, hidden)`, before the output layer (a classifier's head reads it)."""
         if math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x must hold {self.dim} values per sample, got shape {tuple(x.shape)}")
         emb = self.embed(c, labels)
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(F.silu(h)).reshape(x.shape)
+        return F.silu(h)
+
+    def forward(self, x: Tensor, c: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        return self.out(self.features(x, c, labels)).reshape(x.shape)

@@ -148,7 +148,9 @@ class UNet(nn.Module):
             return h
         return stage(h)
 
-    def forward(self, x: Tensor, c: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+    def encode(self, x: Tensor, c: Tensor, labels: Optional[Tensor] = None):
+        """The down path and middle block: `(h, skips, emb)`, `h` of shape `(B, C_last, H / 2^(L-1), W / 2^(L-1))`
+        (a classifier's head pools it; the decoder reads all three)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         f = 2 ** (self.n_levels - 1)
@@ -161,6 +163,15 @@ class UNet(nn.Module):
             h = self._run(stage, h, emb)
             hs.append(h)
         h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        return h, hs, emb
+
+    @property
+    def out_channels_encoded(self) -> int:
+        """Channels of `encode`'s `h` (the last level's)."""
+        return self.config["channels"] * self.config["channel_mults"][-1]
+
+    def forward(self, x: Tensor, c: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        h, hs, emb = self.encode(x, c, labels)
         for stage in self.up:
             if isinstance(stage, nn.ModuleList):
                 h = torch.cat([h, hs.pop()], dim=1)
