@@ -27,7 +27,7 @@ from .observation import Observation, Inpainting
 from .losses import dsm_loss
 from .config import TrainConfig
 from .train import Trainer, load
-from . import guidance, metrics, nets, oracle
+from . import conditioning, guidance, metrics, nets, oracle
 
 __version__ = "0.1.0"
 
@@ -42,7 +42,7 @@ __all__ = [
     # likelihood
     "LikelihoodResult", "log_likelihood", "encode", "decode", "bits_per_dim", "dequantize", "dequantization_offset",
     # conditioning
-    "Observation", "Inpainting", "guidance",
+    "Observation", "Inpainting", "guidance", "conditioning",
     # training
     "ScoreModel", "Classifier", "dsm_loss", "nets", "TrainConfig", "Trainer", "load",
 ]  # fmt: skip

@@ -167,7 +167,7 @@ class BoundObservation:
         self.batch = x.shape[0]
         self._ref = x
         self.inpainting = isinstance(obs, Inpainting)
-        self._A, self._pinv, self._eig = A, None, None
+        self._A, self._pinv, self._eig, self._gram = A, None, None, None
         cast = dict(device=x.device, dtype=x.dtype)
         if self.inpainting:
             m = obs.mask.to(x.device).reshape(-1, x[0].numel()) if obs.mask.ndim > len(self.event_shape) else obs.mask.to(x.device).reshape(1, -1)
@@ -209,6 +209,42 @@ class BoundObservation:
                 d, V = torch.linalg.eigh(A @ A.T)
                 self._eig = (V, d.clamp_min(0))
         return self._eig
+
+    def gram(self):
+        """`(W, d)` with `Aᵀ A = W diag(d) Wᵀ` over its range (`d > 0`; `W` is `(D, rank)`); for inpainting
+        `W = None` and `d` the mask (the operations below are then elementwise)."""
+        if self._gram is None:
+            if self.inpainting:
+                self._gram = (None, self.mask.to(self._ref.dtype))
+            else:
+                U, S, Wh = torch.linalg.svd(self.A, full_matrices=False)
+                keep = S > S.max() * max(self.A.shape) * torch.finfo(S.dtype).eps
+                self._gram = (Wh[keep].T.contiguous(), S[keep] ** 2)
+                self._coords_y = (self.y @ U[:, keep]) / S[keep]  # Wᵀ x for any x with A x = y
+        return self._gram
+
+    def coords(self, xf: Tensor) -> Tensor:
+        """The observed coordinates `Wᵀ x` of flattened `(B, D)` states (inpainting: the masked entries, zeros
+        elsewhere): a noise-free observation fixes exactly these."""
+        W, _ = self.gram()
+        return xf * self.mask if W is None else xf @ W
+
+    def observed_coords(self) -> Tensor:
+        """`Wᵀ x₀` fixed by a noise-free observation, `(1 or B, rank)` (inpainting: `(1 or B, D)`, masked)."""
+        W, _ = self.gram()
+        return self.y if W is None else self._coords_y
+
+    def set_coords(self, xf: Tensor, c: Tensor) -> Tensor:
+        """`x` with its observed coordinates replaced by `c`: `x + W (c - Wᵀ x)`."""
+        W, _ = self.gram()
+        return torch.where(self.mask, c, xf) if W is None else xf + (c - xf @ W) @ W.T
+
+    def gram_apply(self, v: Tensor, coef: Tensor) -> Tensor:
+        """`W diag(coef) Wᵀ v` for flattened `(B, D)` `v`, `coef` shaped like `gram()`'s `d`."""
+        W, _ = self.gram()
+        if W is None:
+            return v * coef
+        return ((v @ W) * coef) @ W.T
 
     def cov_solve(self, v: Tensor, r2) -> Tensor:
         """`(r² A Aᵀ + noise_std² I)⁻¹ v` for `(B, M)` residuals; directions where that matrix is zero (entries

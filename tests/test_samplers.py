@@ -448,8 +448,9 @@ def test_callback_and_step_hook_see_every_step():
             x[:, 0] = 0.0
             return x, sampler_state, (state or 0) + 1
 
-        def finish(self, state, stats):
+        def finish(self, x, state, stats):
             stats["hook_steps"] = state
+            return x
 
     sde, seen, st = scoresde.VPSDE(), [], {}
     for name in ("euler_maruyama", "pc", "sde", "dpm_solver", ("ode", dict(method="rk4"))):

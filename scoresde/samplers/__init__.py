@@ -131,6 +131,28 @@ def _initial_state(sde: SDE, shape, x_T, generator, device, dtype) -> Tensor:
     return sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
 
 
+def _resolve_conditioning(sde: SDE, solver: Sampler, condition, conditioning, x: Tensor):
+    """`(hook, bound observation)` for `sample`'s `condition`/`conditioning`, checked against the sampler."""
+    from ..conditioning import Method, resolve
+    from ..observation import Observation
+
+    if condition is None:
+        if conditioning is None:
+            return None, None
+        if isinstance(conditioning, StepHook) and not isinstance(conditioning, Method):
+            if solver.whole:
+                raise ValueError(f"conditioning needs a sampler that steps on a grid; {solver!r} solves in one call")
+            return conditioning, None  # a user's own hook
+        raise ValueError("conditioning was given without condition= (an Observation or Inpainting)")
+    if not isinstance(condition, Observation):
+        raise TypeError(f"condition must be a scoresde.Observation or Inpainting, got {type(condition).__name__}")
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"conditioning on an observation needs a LinearSDE (Tweedie's x̂₀, forward noising); got {type(sde).__name__}")
+    method = resolve(conditioning, solver)
+    bound = condition.bind(x)
+    return method.bind(bound, sde), bound
+
+
 def sample(
     sde: SDE,
     score_fn: ScoreFn,
@@ -162,7 +184,12 @@ def sample(
     the per-step standard normal noise (e.g. increments of one Brownian path shared across step counts). Runs
     under `torch.no_grad()` (a score function that needs autograd can re-enable it inside). If `stats` is a dict
     it receives `nfe` (score evaluations counted), `steps`, `sampler`, `nfe_per_step` (declared; None when
-    adaptive) and `nfe_init`. Same `generator` state, same samples."""
+    adaptive) and `nfe_init`. Same `generator` state, same samples.
+
+    `condition` is an `Observation`/`Inpainting` to sample the posterior given it; `conditioning` the method (a
+    name of `scoresde.conditioning.METHODS`, a method object, or None: SMC where the sampler allows it, else
+    ΠGDM); `stats["conditioning"]` names it (and `stats["ess"]` is SMC's effective sample size per step). A
+    `StepHook` object may be passed as `conditioning` alone, to act on the loop."""
     # -- validate where the user's input enters; everything below trusts it --------------------------
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
@@ -176,50 +203,49 @@ def sample(
         check_callable(callback, "callback")
     if noise_sampler is not None:
         check_callable(noise_sampler, "noise_sampler")
-    hook = None
-    if isinstance(conditioning, StepHook):
-        hook = conditioning
-    elif condition is not None or conditioning is not None:
-        raise NotImplementedError("condition/conditioning by name: the conditioning methods are not built yet; "
-                                  "a StepHook object may be passed as conditioning")
     solver = _resolve_sampler(sampler, sampler_options)
     solver.check(sde)
-    if hook is not None and solver.whole:
-        raise ValueError(f"conditioning needs a sampler that steps on a grid; {solver!r} solves in one call")
     x = _initial_state(sde, shape, x_T, generator, device, dtype)
+    hook, bound = _resolve_conditioning(sde, solver, condition, conditioning, x)
     counted = CountingScore(score_fn)
 
     with torch.no_grad():
         ts = solver.grid(sde, steps, float(eps), x)
         n = len(ts) - 1
+        guided = hook.guide(counted) if hook is not None else counted
         if solver.whole:
-            x = solver.solve(sde, counted, x, ts, progress)
+            x = solver.solve(sde, guided, x, ts, progress)
             if callback is not None:
                 callback(n - 1, ts[-1].expand(x.shape[0]), x)
         else:
             schedule = sde._schedule(ts.to(torch.float64)) if isinstance(sde, LinearSDE) else None
             noise = Noise(x, ts, generator, noise_sampler)
-            state = solver.init(sde, counted, ts, schedule, x, noise)
-            hook_state = hook.init(sde, counted, ts, schedule, x, noise) if hook is not None else None
+            state = solver.init(sde, guided, ts, schedule, x, noise)
+            hook_state = hook.init(sde, guided, ts, schedule, x, noise) if hook is not None else None
             bar = tqdm(total=n, desc=type(solver).__name__, leave=False) if progress else None
             for i in range(n):
-                x, state = solver.step(counted, x, i, state, noise)
-                if hook is not None:  # the condition acts here
-                    x, state, hook_state = hook.after_step(counted, x, i, hook_state, solver, state, noise)
+                if hook is None:
+                    x, state = solver.step(guided, x, i, state, noise)
+                else:  # the condition acts here
+                    x, state, hook_state = hook.step(guided, x, i, hook_state, solver, state, noise)
                 if callback is not None:
                     callback(i, ts[i + 1].expand(x.shape[0]), x)
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
                 bar.close()
+            if hook is not None:
+                x = hook.finish(x, hook_state, stats)
         if denoise:
-            x = tweedie_denoise(sde, counted, x, ts[-1].expand(x.shape[0]))
+            x = tweedie_denoise(sde, guided, x, ts[-1].expand(x.shape[0]))
+        if bound is not None and bound.noise_std == 0:  # a noise-free observation holds exactly
+            x = bound.project(x.flatten(1)).reshape(x.shape)
     if not bool(torch.isfinite(x).all()):  # one host sync per call
         raise ValueError(f"sampling with {solver!r} produced NaN or inf (score_fn was finite at its first evaluation, "
                          "so it or the solver diverged during the run; more steps or a smaller step near eps may help)")
-    if hook is not None:
-        hook.finish(hook_state, stats)
     if stats is not None:
         stats.update(nfe=counted.calls, steps=steps, sampler=sampler if isinstance(sampler, str) else repr(solver),
                      nfe_per_step=solver.nfe_per_step, nfe_init=solver.nfe_init, eps=float(eps))
+        if hook is not None:
+            stats["conditioning"] = getattr(hook, "name", "") or repr(hook)
     return x

@@ -116,18 +116,33 @@ class Corrector(abc.ABC):
 
 
 class StepHook(abc.ABC):
-    """Where a condition acts on the loop (the conditioning methods plug in here): after every step of a
-    stepping sampler, `after_step` may replace the state (replacement), redo the step (re-noise and step again,
-    RePaint), or reweight and resample the batch as particles (SMC). It gets the sampler and its state so that
-    it can call `sampler.step` itself; every score call it makes goes through the loop's counter."""
+    """Where a condition acts on the loop (the conditioning methods of `scoresde.conditioning` are hooks):
+
+    - `guide(score_fn)` may replace the score every step uses (DPS, ΠGDM: a guided score);
+    - `step` runs each step; by default `sampler.step` then `after_step`, which may replace the state
+      (replacement); a hook may override `step` to redo it (RePaint) or to propose and reweight the batch as
+      particles (SMC), calling `sampler.step` or reading the sampler's coefficients itself;
+    - `finish(x, state, stats)` ends the loop (a last resampling) and reports into `stats`.
+
+    Every score call goes through the loop's counter."""
+
+    def guide(self, score_fn: ScoreFn) -> ScoreFn:
+        return score_fn
 
     def init(self, sde: SDE, score_fn: ScoreFn, ts: Tensor, schedule: Optional[Schedule], x: Tensor, noise: Noise) -> Any:
         return None
 
-    @abc.abstractmethod
+    def step(self, score_fn: ScoreFn, x: Tensor, i: int, state: Any, sampler: Sampler, sampler_state: Any,
+             noise: Noise) -> Tuple[Tensor, Any, Any]:
+        """The step from `ts[i]` to `ts[i + 1]`: return `(x, sampler_state, state)`."""
+        x, sampler_state = sampler.step(score_fn, x, i, sampler_state, noise)
+        return self.after_step(score_fn, x, i, state, sampler, sampler_state, noise)
+
     def after_step(self, score_fn: ScoreFn, x: Tensor, i: int, state: Any, sampler: Sampler, sampler_state: Any,
                    noise: Noise) -> Tuple[Tensor, Any, Any]:
-        """After the step from `ts[i]` to `ts[i + 1]`: return `(x, sampler_state, state)`."""
+        """After the sampler's step to `ts[i + 1]`: return `(x, sampler_state, state)`."""
+        return x, sampler_state, state
 
-    def finish(self, state: Any, stats: Optional[dict]) -> None:
-        """After the loop: report what it measured (e.g. the effective sample size) into `stats`."""
+    def finish(self, x: Tensor, state: Any, stats: Optional[dict]) -> Tensor:
+        """After the loop, before the final denoising: the final `x`; report what was measured into `stats`."""
+        return x
