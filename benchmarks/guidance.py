@@ -257,6 +257,8 @@ def plot_inverse(rows, prob: str, base_steps, base_n, path):
     """Error vs steps (top) and vs particles (bottom), one line per method, log axes, floors dashed."""
     from scoresde.plotting import _plt, _save
 
+    from matplotlib.ticker import NullFormatter
+
     plt = _plt()
     specs = ([("mode TV", "mode TV (iid)"), ("MMD²", "MMD² floor")] if prob == "a"
              else [("mean err", "mean err (iid)"), ("cov err", "cov err (iid)"), ("MMD²", "MMD² floor")])
@@ -280,6 +282,7 @@ def plot_inverse(rows, prob: str, base_steps, base_n, path):
             ax.set_yscale("log")
             ticks = sorted({r[axis] for r in sel})
             ax.set_xticks(ticks, [str(v) for v in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(axis + (" (reverse_diffusion)" if axis == "steps" else ""))
             ax.set_title(f"({prob}) {metric} vs {axis}, {fixed_key} = {fixed}" + (" [≤ 0 drawn at 1e-5]" if metric == "MMD²" else ""), fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
