@@ -231,12 +231,11 @@ class _Fixed:
         return self.value
 
 
-def _systematic(logw: Tensor, u: Tensor) -> Tensor:
+def _systematic(w: Tensor, u: Tensor, arange: Tensor) -> Tensor:
     """Systematic resampling: indices `i_k = F⁻¹((k + u)/N)` of the normalised weights' CDF `F`."""
-    N = logw.shape[0]
-    cdf = torch.softmax(logw, 0).cumsum(0)
-    pos = (torch.arange(N, device=logw.device, dtype=logw.dtype) + u) / N
-    return torch.searchsorted(cdf, pos.clamp_max(cdf[-1])).clamp_max(N - 1)
+    N = w.shape[0]
+    cdf = w.cumsum(0)
+    return torch.searchsorted(cdf, ((arange + u) / N).clamp_max(cdf[-1])).clamp_max_(N - 1)
 
 
 class SMC(PiGDM):
@@ -367,22 +366,22 @@ class SMC(PiGDM):
         delta = (c * c) * (v - obs.gram_apply(v, rho))
         step = zf - obs.gram_apply(zf, 1 - (1 - rho).sqrt())
         x_new = mu + delta + c * step
-        log_ratio = 0.5 * (zf * zf).sum(1) - ((x_new - mu) ** 2).sum(1) / (2 * c * c)
+        log_ratio = (zf.square().mul_(0.5) - (x_new - mu).square_().mul_(0.5 / (c * c))).sum(1)
         return x_new.reshape(shape), log_ratio
 
     def _maybe_resample(self, logw, x, cache, state, force: bool = False):
         N = logw.shape[0]
-        logw = logw - logw.max()
         w = torch.softmax(logw, 0)
-        ess = 1.0 / (w * w).sum()
+        ess = w.square().sum().reciprocal()
         state.ess.append(ess)
         flag = torch.ones((), dtype=torch.bool, device=x.device) if force else ess < self.ess_threshold * N
         state.resampled.append(flag)
         u = torch.rand((), generator=state.generator, device=x.device, dtype=logw.dtype)
-        idx = torch.where(flag, _systematic(logw, u), torch.arange(N, device=x.device))  # no host sync
-        x = x[idx]
-        cache = tuple(v[idx] for v in cache) if cache is not None else None
-        logw = torch.where(flag, torch.zeros_like(logw), logw)
+        keep = torch.arange(N, device=x.device)
+        idx = torch.where(flag, _systematic(w, u, keep.to(w.dtype)), keep)  # no host sync: a where, not an if
+        x = x.index_select(0, idx)
+        cache = tuple(v.index_select(0, idx) for v in cache) if cache is not None else None
+        logw = logw.masked_fill(flag, 0.0)
         return logw, x, cache
 
     def finish(self, x, state, stats):
