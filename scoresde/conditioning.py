@@ -4,8 +4,9 @@ or `Inpainting`) with the unconditional score, through the loop's per-step hook.
 Every method is a `StepHook`; `sample(..., condition=obs, conditioning=...)` binds it to the observation:
 
 - `Replacement()`: after each step to `t`, the observed part is set to the forward-noised observation
-  `m(t) y + σ(t) A z` (Song et al. 2021, App. I): `x ← x + A⁺ (y_t - A x)`. Biased: the unobserved part never
-  sees the observation's information except through the score at later steps.
+  `y_t = m(t) y + σ(t) A z (+ m(t) σ_y ζ if noisy)` (Song et al. 2021, App. I): `x ← x + A⁺ (y_t - A x)`.
+  Biased: the unobserved part sees the observation only through the score at later steps, and a noisy
+  observation's entries are drawn from the likelihood alone, not the posterior.
 - `RePaint(jumps)`: replacement, then `jumps` times re-noise `x` from `t_{i+1}` back to `t_i` with the forward
   transition and redo the step (Lugmayr et al. 2022). Less biased as `jumps` grows; `(1 + jumps)×` the NFE.
 - `DPS(scale)`: the score plus `scale · ∇ₓ log N(y; A x̂₀(x, t), (σ_y² + σ̃²) I)`, `x̂₀` Tweedie's denoiser and
@@ -90,7 +91,7 @@ class Replacement(Method):
 
     def replace(self, x: Tensor, k: int, grid: _Grid, noise) -> Tensor:
         """Set the observed part of `x` at grid point `k` to the forward-noised observation."""
-        y_t = self.obs.noised(grid.m[k], grid.sigma[k], noise.fresh().flatten(1))
+        y_t = self.obs.noised(grid.m[k], grid.sigma[k], noise.fresh().flatten(1), noise.generator)
         return _flat_apply(self.obs.project, x, y_t)
 
     def after_step(self, score_fn, x, i, state, sampler, sampler_state, noise):

@@ -267,6 +267,11 @@ class BoundObservation:
             self._pinv = torch.linalg.pinv(self.A)
         return xf + (y - self.apply(xf)) @ self._pinv.T
 
-    def noised(self, m, sigma, z: Tensor) -> Tensor:
-        """The observation carried to time `t` by the forward process: `m y + σ A z` (`z` standard normal `(B, D)`)."""
-        return m * self.y + sigma * self.apply(z)
+    def noised(self, m, sigma, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The observation carried to time `t` by the forward process, `m y + σ A z` (`z` standard normal
+        `(B, D)`), plus `m σ_y ζ` for a noisy one, so that at `t → 0` it spreads as `A x₀` given `y` alone does."""
+        y_t = m * self.y + sigma * self.apply(z)
+        if self.noise_std > 0:
+            zeta = torch.randn(y_t.shape, generator=generator, device=y_t.device, dtype=y_t.dtype)
+            y_t = y_t + (m * self.noise_std) * zeta
+        return y_t
