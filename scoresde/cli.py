@@ -76,7 +76,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_FLAGS = ("data", "sde", "steps", "batch_size", "lr", "out", "device", "seed", "net", "parameterization", "ema_decay", "ckpt_every")
+TRAIN_FLAGS = ("data", "sde", "steps", "batch_size", "lr", "out", "device", "seed", "net", "parameterization", "ema_decay", "ckpt_every",
+               "class_conditional", "label_dropout", "classifier")
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "config.toml")
 
 
@@ -123,6 +124,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"(give a larger --steps to continue); no evaluation run")
         return 0
     run_dir = trainer.fit()
+    if trainer.rank == 0 and trainer.last_eval is not None and args.no_progress:  # with a progress bar it was written already
+        from .train import classifier_summary
+
+        print(classifier_summary(trainer.last_eval))
     print(f"run folder: {run_dir}")
     return 0
 
@@ -154,23 +159,304 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from . import load, sample
-    from .plotting import save_samples
+    from .model import Classifier
 
     sampler = resolve_sampler(args.sampler)
     device = _check_device(args.device or _default_device())
+    _check_sample_flags(args)
     model, sde = load(args.ckpt, device=device)
-    shape = (args.n,) + tuple(model.event_shape)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    with torch.no_grad():
-        x = sample(sde, model, shape, sampler=sampler, steps=args.steps, generator=gen, device=device, progress=not args.no_progress)
+    if isinstance(model, Classifier):
+        raise UserError(f"--ckpt {args.ckpt} is a classifier run (train --classifier); give a score model as --ckpt "
+                        f"and this run as --classifier")
+    event = tuple(model.event_shape)
+    clf = _load_classifier(args.classifier, model, sde, device) if args.classifier else None
+    labels = _parse_labels(args.label, model, clf, args)
+    condition, picture = _read_condition(args, event, device)
+    score_fns, guidance_note = _guided_scores(model, clf, labels, args.guidance)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     npz = out.with_suffix(".npz")
-    _atomic_npz(npz, x=x.detach().cpu().numpy())
-    save_samples(x, out, title=f"{args.sampler}, {args.steps} steps, {args.n} samples of shape {tuple(shape[1:])}",
-                 reference=_training_data(args.ckpt, x.shape[1:], len(x)))
-    print(f"wrote {out} and {npz} ({args.n} samples of shape {tuple(shape[1:])})")
+    pngs = _picture_paths(labels, out, event)
+    inputs = [a for a in (args.inpaint, args.mask, args.observe) if a]
+    for p in [npz] + pngs:  # the outputs must not overwrite the inputs (nothing already written is lost)
+        if any(p.resolve() == Path(a).resolve() for a in inputs):
+            raise UserError(f"--out {args.out} would overwrite the input {p}; give another --out")
+
+    shape = (args.n,) + event
+    groups, stats_all = [], []
+    for label, score_fn in score_fns:
+        # One call per label, each from the same seed: label K's samples do not depend on the other labels asked for.
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        stats: dict = {}
+        extra = {} if condition is None else dict(condition=condition, conditioning=args.conditioning)
+        try:
+            with torch.no_grad():
+                x = sample(sde, score_fn, shape, sampler=sampler, steps=args.steps, generator=gen, device=device,
+                           progress=not args.no_progress, stats=stats, **extra)
+        except NotImplementedError as e:
+            raise UserError(f"this version of scoresde.sample cannot condition on an observation yet ({_one_line(e)})") from None
+        groups.append((label, x))
+        stats_all.append(stats)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x_all = torch.cat([x for _, x in groups]).detach().cpu().numpy()
+    arrays = dict(x=x_all)
+    if labels is not None:
+        import numpy as np
+
+        arrays["y"] = np.repeat(np.asarray(labels, dtype=np.int64), args.n)
+    if picture is not None:
+        arrays.update({k: v.detach().cpu().numpy() for k, v in picture.items()})
+    _atomic_npz(npz, **arrays)
+    title = f"{args.sampler}, {args.steps} steps, {args.n} samples of shape {event}" + (f", {guidance_note}" if guidance_note else "")
+    _write_pictures(groups, pngs, title, picture, args.ckpt, event)
+    what = f"{args.n} samples of shape {event}" + (f" for each of {len(groups)} labels" if len(groups) > 1 else "")
+    print(f"wrote {', '.join(map(str, pngs))} and {npz} ({what})")
+    if guidance_note:
+        print(f"guidance: {guidance_note}")
+    if condition is not None:
+        for (label, _), st in zip(groups, stats_all):
+            print(_conditioning_line(st, label, args.n))
     return 0
+
+
+def _check_sample_flags(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work, refused before a model is loaded."""
+    if args.guidance is not None and not args.label:
+        raise UserError("--guidance needs --label (the class to guide towards)")
+    if args.classifier and not args.label:
+        raise UserError("--classifier needs --label (the class to guide towards)")
+    if (args.inpaint is None) != (args.mask is None):
+        raise UserError("--inpaint IMAGE and --mask MASK go together (the mask says which entries of IMAGE are known)")
+    if args.inpaint is not None and args.observe is not None:
+        raise UserError("--inpaint and --observe exclude each other (an inpainting is one kind of observation)")
+    if args.conditioning is not None and args.inpaint is None and args.observe is None:
+        raise UserError("--conditioning needs an observation: --inpaint IMAGE --mask MASK, or --observe FILE.npz")
+
+
+def _load_classifier(path: str, model, sde, device):
+    from . import load
+    from .config import sde_config
+    from .model import Classifier
+
+    clf, clf_sde = load(path, device=device)
+    if not isinstance(clf, Classifier):
+        raise UserError(f"--classifier {path} is a score model, not a classifier run (train one with scoresde train --classifier)")
+    if sde_config(clf_sde) != sde_config(sde):
+        raise UserError(f"--classifier {path} was trained on {clf_sde!r} but --ckpt's model on {sde!r}; "
+                        f"p_t(y | x) depends on the SDE: train the classifier with the same --sde and parameters")
+    if clf.event_shape is not None and tuple(clf.event_shape) != tuple(model.event_shape):
+        raise UserError(f"--classifier {path} classifies samples of shape {tuple(clf.event_shape)} but the model draws {tuple(model.event_shape)}")
+    return clf
+
+
+def _parse_labels(given, model, clf, args) -> Optional[list]:
+    """`--label` values (ints, or `all`) as class indices in the order given, without repeats, checked against the classes known."""
+    if not given:
+        return None
+    source = f"--classifier {args.classifier}" if clf is not None else f"--ckpt {args.ckpt}"
+    k = clf.num_classes if clf is not None else model.num_classes
+    if k == 0:
+        raise UserError(f"--label: {args.ckpt} is an unconditional model (trained without --class-conditional); "
+                        f"train one with --class-conditional, or guide this one with --classifier RUN")
+    labels = []
+    for v in given:
+        if v.strip().lower() == "all":
+            vals = list(range(k))
+        else:
+            try:
+                vals = [int(v)]
+            except ValueError:
+                raise UserError(f"--label must be a class index or 'all', got {v!r}") from None
+        for y in vals:
+            if not 0 <= y < k:
+                raise UserError(f"--label {y} is out of range: {source} has {k} classes (0..{k - 1})")
+            if y not in labels:
+                labels.append(y)
+    return labels
+
+
+def _guided_scores(model, clf, labels, scale):
+    """`[(label, score_fn), ...]` and a note saying which guidance at which scale (None without labels).
+
+    Default scale: the one that samples the learned conditional `p(x | y)` itself, undistorted — 0 for
+    classifier-free guidance (the conditional score, one network call per step) and 1 for classifier guidance
+    (Bayes' rule). Larger values sharpen towards the class, at the cost of diversity."""
+    from . import guidance
+
+    if labels is None:
+        return [(None, model)], None
+    if clf is not None:
+        w = 1.0 if scale is None else scale
+        note = f"classifier guidance, scale {w:g}" + (" (Bayes' rule)" if w == 1 else "")
+        return [(y, guidance.classifier(model, clf, y, w)) for y in labels], note
+    w = 0.0 if scale is None else scale
+    note = f"classifier-free, scale {w:g}" + (" (the conditional score)" if w == 0 else "")
+    return [(y, guidance.classifier_free(model, y, w)) for y in labels], note
+
+
+def _conditioning_line(stats: dict, label, n: int) -> str:
+    """The method the sampler used (and SMC's effective sample sizes over the steps)."""
+    head = (f"label {label}: " if label is not None else "") + f"conditioning: {stats.get('conditioning', '?')}"
+    ess = stats.get("ess")
+    if ess is not None:
+        import torch
+
+        e = torch.as_tensor(ess, dtype=torch.float64).flatten()
+        if e.numel():
+            head += f"; ESS min {float(e.min()):.1f}, mean {float(e.mean()):.1f}, final {float(e[-1]):.1f} (of {n} particles)"
+    return head
+
+
+def _read_condition(args, event, device):
+    """The observation `--inpaint/--mask` or `--observe` describe (or None), and what the picture shows of it."""
+    import torch
+
+    from .observation import Inpainting, Observation
+
+    if args.inpaint is not None:
+        known = _read_sample(args.inpaint, event, "--inpaint")
+        mask = _read_mask(args.mask, event)
+        return Inpainting(known.to(device), mask.to(device)), {"known": known, "mask": mask}
+    if args.observe is not None:
+        import numpy as np
+
+        p = Path(args.observe)
+        if not p.is_file():
+            raise UserError(f"--observe {args.observe}: no such file")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.keys()}
+        except Exception as e:
+            raise UserError(f"--observe {args.observe}: not a readable .npz ({type(e).__name__}: {_one_line(e)})") from None
+        missing = [k for k in ("A", "y") if k not in arrays]
+        if missing:
+            raise UserError(f"--observe {args.observe}: needs arrays A (M, D) and y (M,), and optionally noise_std; "
+                            f"missing {', '.join(missing)} (found {', '.join(arrays) or 'none'})")
+        for k in ("A", "y"):
+            if not np.issubdtype(arrays[k].dtype, np.number):
+                raise UserError(f"--observe {args.observe}: {k} must be numeric, got dtype {arrays[k].dtype}")
+        noise = arrays.get("noise_std", np.zeros(()))
+        if noise.size != 1:
+            raise UserError(f"--observe {args.observe}: noise_std must be one number, got shape {noise.shape}")
+        A = torch.as_tensor(arrays["A"], dtype=torch.float32, device=device)
+        y = torch.as_tensor(arrays["y"], dtype=torch.float32, device=device)
+        if A.ndim == 2 and A.shape[1] != math.prod(event):
+            raise UserError(f"--observe {args.observe}: A has {A.shape[1]} columns but a sample has {math.prod(event)} entries (shape {event})")
+        try:
+            obs = Observation(A, y, float(noise.reshape(())))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--observe {args.observe}: {_one_line(e)}") from None
+        return obs, {"A": A.cpu(), "y_obs": y.cpu()}
+    return None, None
+
+
+def _read_array(path: str, flag: str):
+    """An `.npy` array or an image file (PNG, ...) as a numpy array (images: `(H, W)` or `(H, W, 3)` uint8)."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    if p.suffix.lower() == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except Exception as e:
+            raise UserError(f"{flag} {path}: not a readable .npy array ({type(e).__name__}: {_one_line(e)})") from None
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError(f"{flag} {path}: reading images needs Pillow (pip install pillow), or give a .npy array") from None
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot read the image ({_one_line(e)})") from None
+
+
+def _read_sample(path: str, event, flag: str):
+    """One sample shaped `event` from an image (8-bit values mapped to [-1, 1]) or an `.npy` (floats as they are,
+    in the model's data scale; integers as 8-bit values)."""
+    import numpy as np
+    import torch
+
+    a = _read_array(path, flag)
+    is_image = Path(path).suffix.lower() != ".npy"
+    if is_image:
+        a = _image_to_event(a, event, flag, path)
+    if a.ndim == len(event) + 1 and a.shape[0] == 1:
+        a = a[0]
+    if tuple(a.shape) != tuple(event):
+        raise UserError(f"{flag} {path}: has shape {tuple(a.shape)}, the model's samples have shape {tuple(event)}")
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        raise UserError(f"{flag} {path}: expected numbers, got dtype {a.dtype}")
+    x = torch.as_tensor(a.astype(np.float32) * (2 / 255) - 1 if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32))
+    if not bool(torch.isfinite(x).all()):
+        raise UserError(f"{flag} {path}: holds NaN or inf (put any finite value where the mask is False)")
+    return x
+
+
+def _image_to_event(a, event, flag: str, path: str):
+    """An `(H, W)` / `(H, W, 3)` image array as `(C, H, W)` for `event = (C, H, W)` (grey <-> RGB converted)."""
+    import numpy as np
+
+    if len(event) != 3:
+        raise UserError(f"{flag} {path}: an image, but the model's samples have shape {tuple(event)}, not (C, H, W); give a .npy")
+    c = event[0]
+    a = a[..., None] if a.ndim == 2 else a
+    if a.shape[-1] != c:
+        a = a.mean(-1, keepdims=True).round().astype(np.uint8) if c == 1 else np.repeat(a[..., :1], c, -1)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _read_mask(path: str, event):
+    """A mask shaped like one sample (True: observed, kept); an image is read as grey, white (>= 128) observed, and
+    an `(H, W)` mask covers every channel."""
+    import numpy as np
+    import torch
+
+    a = _read_array(path, "--mask")
+    if Path(path).suffix.lower() != ".npy":
+        a = (a.mean(-1) if a.ndim == 3 else a) >= 128
+    elif a.dtype != bool:
+        if not np.issubdtype(a.dtype, np.number) or not np.isin(a, (0, 1)).all():
+            raise UserError(f"--mask {path}: must be bool or 0/1 values (1: observed), got dtype {a.dtype}")
+        a = a.astype(bool)
+    if len(event) == 3 and a.shape == tuple(event[1:]):
+        a = np.broadcast_to(a[None], tuple(event))
+    if a.ndim == len(event) + 1 and a.shape[0] == 1:
+        a = a[0]
+    if tuple(a.shape) != tuple(event):
+        raise UserError(f"--mask {path}: has shape {tuple(a.shape)}, the model's samples have shape {tuple(event)}")
+    if not a.any():
+        raise UserError(f"--mask {path}: observes nothing (no True/white entry); True or white marks the known entries")
+    return torch.as_tensor(np.array(a, dtype=bool))  # a copy: broadcast views are read-only
+
+
+def _picture_paths(labels, out: Path, event) -> list:
+    """Where the PNGs go: `out`, or with labels (other than 2-D samples, drawn as panels of one picture)
+    one `<out>_label<K>.png` per label."""
+    if labels is None or tuple(event) == (2,):
+        return [out]
+    return [out.with_name(f"{out.stem}_label{k}{out.suffix}") for k in labels]
+
+
+def _write_pictures(groups, paths: list, title: str, picture, ckpt: str, event) -> None:
+    """The PNGs of a sampling run: 2-D samples in one picture (a panel per label); anything else one picture per
+    label, for inpainting the input, the mask and the completions."""
+    from .plotting import inpainting_figure, is_image_event, save_samples, scatter_panels
+
+    n = groups[0][1].shape[0]
+    reference = _training_data(ckpt, event, n)
+    if tuple(event) == (2,) and (groups[0][0] is not None or picture is not None):
+        panels = {(f"label {k}" if k is not None else "samples"): x for k, x in groups}
+        scatter_panels(panels, paths[0], reference=reference, ncols=min(4, len(panels)), title=title)
+        return
+    for (k, x), p in zip(groups, paths):
+        t = title + (f", label {k}" if k is not None else "")
+        if picture is not None and "mask" in picture and is_image_event(tuple(event)):
+            inpainting_figure(picture["known"], picture["mask"], x, p, title=t)
+        else:
+            save_samples(x, p, title=t, reference=reference)
 
 
 def _training_data(ckpt: str, event_shape, n: int):
@@ -210,6 +496,10 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
 
     device = _check_device(args.device or _default_device())
     model, sde = load(args.ckpt, device=device)
+    from .model import Classifier
+
+    if isinstance(model, Classifier):
+        raise UserError(f"--ckpt {args.ckpt} is a classifier run (train --classifier): it has no likelihood; give a score model")
     _, test = load_dataset(args.data)
     divergence = args.divergence
     if divergence == "auto":  # exact costs D score-Jacobian rows; for small D that is cheaper than noisy probes
@@ -303,6 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=_unit_float, default=None, dest="ema_decay",
                    help=f"EMA decay, ramped up as min(decay, (1+n)/(10+n)) over the first updates n (default: {D.ema_decay})")
     t.add_argument("--ckpt-every", type=_positive_int, default=None, dest="ckpt_every", help=f"checkpoint interval in steps (default: {D.ckpt_every})")
+    t.add_argument("--class-conditional", action="store_const", const=True, default=None, dest="class_conditional",
+                   help="condition the score model on the data's labels (toy sets' modes/parts, digits, an .npz's y), "
+                        "with label dropout to a null label for classifier-free guidance (sample --label K)")
+    t.add_argument("--label-dropout", type=_unit_float, default=None, dest="label_dropout",
+                   help=f"with --class-conditional: probability of the null label in training (default: {D.label_dropout})")
+    t.add_argument("--classifier", action="store_const", const=True, default=None,
+                   help="train a time-conditioned classifier p_t(y | x) on noised data instead (for sample --classifier); "
+                        "the run reports its test accuracy by noise level")
     t.add_argument("--config", default=None, help="TOML file with TrainConfig fields; flags given here override it")
     t.add_argument("--out", default=None, help="run folder: checkpoint, config, log, sample pictures (default: runs/<data>-<sde>)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -318,6 +616,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive_int, default=20, help="time steps")
     s.add_argument("--n", "--num-samples", type=_positive_int, default=1000, dest="n", help="number of samples")
     s.add_argument("--out", default="samples.png", help="PNG to write; the samples go to the same name with .npz")
+    s.add_argument("--label", action="append", default=None, metavar="K",
+                   help="class to sample (repeat for several, or 'all'); needs a --class-conditional checkpoint or "
+                        "--classifier; --n samples per label, all from the same seed; images: one grid per label (<out>_label<K>.png)")
+    s.add_argument("--guidance", type=_finite_float, default=None, metavar="W",
+                   help="guidance scale: classifier-free s(x|y) + W (s(x|y) - s(x)), or with --classifier s(x) + W ∇log p_t(y|x); "
+                        "default: 0 classifier-free, 1 with --classifier, the values that sample the learned p(x | y) "
+                        "itself; larger W sharpens towards the class and loses diversity")
+    s.add_argument("--classifier", default=None, metavar="RUN",
+                   help="classifier guidance with a run of train --classifier (same data and SDE); works with an unconditional --ckpt")
+    s.add_argument("--inpaint", default=None, metavar="IMAGE",
+                   help="complete IMAGE (PNG, or .npy in the model's data scale) where --mask is False; "
+                        "the PNG shows the input, the mask and the completions")
+    s.add_argument("--mask", default=None, metavar="MASK",
+                   help="PNG (white = known) or .npy (True/1 = known), shaped like one sample or (H, W) for every channel")
+    s.add_argument("--observe", default=None, metavar="FILE.npz",
+                   help="sample given a linear observation y = A x + N(0, noise_std²): arrays A (M, D) on the flattened sample, "
+                        "y (M,), optional noise_std")
+    s.add_argument("--conditioning", default=None, choices=("replacement", "repaint", "dps", "pigdm", "smc"),
+                   help="method for --inpaint / --observe (default: the library's choice for the sampler); "
+                        "replacement, repaint and smc need a stochastic --sampler (euler_maruyama, reverse_diffusion, pc)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available else cpu)")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -349,6 +667,16 @@ def _parameterizations():
     from .model import PARAMETERIZATIONS
 
     return tuple(PARAMETERIZATIONS)
+
+
+def _finite_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s}")
+    return v
 
 
 def _unit_float(s: str) -> float:

@@ -122,6 +122,7 @@ def scatter_panels(
     max_points: int = 4000,
     lim: Optional[float] = None,
     ncols: int = 4,
+    title: Optional[str] = None,
 ) -> Path:
     """One 2-D scatter per entry of `panels`, sharing axes (with ticks); `reference` (the data) drawn in grey under each."""
     plt = _plt()
@@ -153,7 +154,48 @@ def scatter_panels(
         fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    if title:
+        fig.suptitle(textwrap.fill(title, 40 * ncols), fontsize=9)
     fig.tight_layout(rect=(0, 0.04 if ref is not None else 0, 1, 1))
+    return _save(fig, path)
+
+
+def _rgb(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """`(C, H, W)` on `value_range` as an `(H, W, 3)` picture on [0, 1] (grey repeated, other channel counts: the first)."""
+    lo, hi = value_range
+    x = torch.nan_to_num((x.detach().float().cpu() - lo) / (hi - lo), nan=0.5).clamp(0, 1)
+    x = x if x.shape[0] == 3 else x[:1].expand(3, *x.shape[1:])
+    return x.permute(1, 2, 0).clone()  # a writable copy (callers paint on it)
+
+
+def inpainting_figure(known: Tensor, mask: Tensor, completions: Tensor, path: str | Path, *, title: Optional[str] = None,
+                      max_shown: int = 32) -> Path:
+    """Rows: the input with its unknown part in dark red, the mask (white: known), then the completions
+    (`(B, C, H, W)`, up to `max_shown`, 8 to a row)."""
+    plt = _plt()
+    x = completions[:max_shown]
+    ncol = max(2, min(8, x.shape[0]))
+    nrows = 1 + math.ceil(x.shape[0] / ncol)
+    h, w = known.shape[-2:]
+    fig, axes = plt.subplots(nrows, ncol, figsize=(1.1 * ncol + 0.2, 1.1 * nrows * h / w + 0.6), squeeze=False)
+    seen = mask.detach().cpu().bool().all(0)  # a pixel is shown as known only if every channel is
+    inp = _rgb(known)
+    inp[~seen] = torch.tensor([0.55, 0.08, 0.08])
+    tiles = [(axes[0][0], inp, "input"), (axes[0][1], seen.float()[..., None].expand(h, w, 3), "mask")]
+    tiles += [(ax, _rgb(xi), "completions" if i == 0 else None) for i, (ax, xi) in enumerate(zip(axes[1:].flat, x))]
+    used = {id(ax) for ax, _, _ in tiles}
+    for ax in axes.flat:
+        if id(ax) not in used:
+            ax.axis("off")
+    for ax, img, name in tiles:
+        ax.imshow(img.numpy(), interpolation="nearest", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])  # a frame, no ticks: a white mask stays visible on the white page
+        if name:
+            ax.set_title(name, fontsize=8, loc="left")
+    if title:
+        fig.suptitle(textwrap.fill(title, 14 * ncol), fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
 
 

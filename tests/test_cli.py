@@ -110,3 +110,154 @@ def test_demo_times_each_sampler_after_an_untimed_warm_up(monkeypatch):
     monkeypatch.setattr(samplers, "sample", fake_sample)
     x, nfe, secs = demo._sample(None, None, 100, "pc", 5, {}, torch.Generator(), "cpu")
     assert calls == [demo.WARMUP_N, 100] and nfe == 7 and x.shape == (100, 2) and secs < 0.2
+
+
+# -- labels, guidance, observations ------------------------------------------------------------------------
+
+
+RING_CFG = "n_train = 4000\nbatch_size = 128\nhidden = 64\nn_blocks = 2\nemb_dim = 32\nlr = 3e-3\nwarmup = 20\nseed = 0\n"
+
+
+def _train(out, *flags, steps=300, final_eval=False):
+    cfg = out.parent / f"{out.name}.toml"
+    cfg.write_text(RING_CFG + f"final_eval = {'true' if final_eval else 'false'}\n")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(["train", "--data", "ring", "--config", str(cfg), "--steps", str(steps), "--out", str(out), "--no-progress",
+                     "--device", "cpu", *flags])
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cond_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "cond"
+    assert _train(out, "--class-conditional", "--label-dropout", "0.2") == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def clf_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "clf"
+    assert _train(out, "--classifier", final_eval=True) == 0
+    return out
+
+
+def _sample(ckpt, out, *flags, n=200):
+    return main(["sample", "--ckpt", str(ckpt), "--n", str(n), "--out", str(out), "--no-progress", "--device", "cpu", *flags])
+
+
+def test_train_class_conditional_and_classifier_flags(cond_dir, clf_dir, capsys):
+    import scoresde
+
+    model, _ = scoresde.load(cond_dir)
+    clf, _ = scoresde.load(clf_dir)
+    assert model.num_classes == 8 and isinstance(clf, scoresde.Classifier) and clf.num_classes == 8
+    assert _train(clf_dir.parent / "clf2", "--classifier", steps=300, final_eval=True) == 0
+    out = capsys.readouterr().out  # the run's summary: accuracy by noise level, against chance
+    line = next(l for l in out.splitlines() if "test accuracy" in l)
+    acc = {k: float(v) for k, v in (p.strip().split(": ") for p in line.split("test accuracy ")[1].split(" (chance")[0].split(", "))}
+    assert acc["t=0.01"] > 0.97 and acc["t=1"] < 0.2 and "chance 0.13" in line, line
+
+
+def test_sample_labels_land_in_their_modes(cond_dir, clf_dir, tmp_path, capsys):
+    import scoresde
+
+    ring = scoresde.ring8()
+    assert _sample(cond_dir, tmp_path / "all.png", "--label", "all", "--guidance", "1") == 0
+    assert "classifier-free, scale 1" in capsys.readouterr().out
+    z = np.load(tmp_path / "all.npz")
+    assert z["x"].shape == (1600, 2) and (tmp_path / "all.png").stat().st_size > 1000
+    assert np.array_equal(z["y"], np.repeat(np.arange(8), 200))
+    hit = ring.classify(torch.as_tensor(z["x"])).numpy() == z["y"]
+    assert all(hit[z["y"] == k].mean() >= 0.95 for k in range(8)), [hit[z["y"] == k].mean() for k in range(8)]
+    # label 3 alone gives the very samples it gets among all labels (one seeded call per label)
+    assert _sample(cond_dir, tmp_path / "three.png", "--label", "3", "--guidance", "1") == 0
+    assert np.array_equal(np.load(tmp_path / "three.npz")["x"], z["x"][z["y"] == 3])
+    # classifier guidance on the model's unconditional branch, default scale 1 (Bayes' rule)
+    assert _sample(cond_dir, tmp_path / "clf.png", "--classifier", str(clf_dir), "--label", "2", "--label", "6") == 0
+    assert "classifier guidance, scale 1 (Bayes' rule)" in capsys.readouterr().out
+    z = np.load(tmp_path / "clf.npz")
+    assert (ring.classify(torch.as_tensor(z["x"])).numpy() == z["y"]).mean() > 0.85  # measured 0.92; unguided 1/8
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--ckpt", "RUN", "--label", "1"], "unconditional model"),
+        (["--ckpt", "COND", "--label", "8"], "--label 8 is out of range: --ckpt COND has 8 classes (0..7)"),
+        (["--ckpt", "COND", "--label", "two"], "--label must be a class index or 'all'"),
+        (["--ckpt", "CLF"], "is a classifier run"),
+        (["--ckpt", "RUN", "--classifier", "COND", "--label", "1"], "is a score model, not a classifier run"),
+        (["--ckpt", "COND", "--guidance", "2"], "--guidance needs --label"),
+        (["--ckpt", "RUN", "--inpaint", "known.npy"], "--inpaint IMAGE and --mask MASK go together"),
+        (["--ckpt", "RUN", "--conditioning", "smc"], "--conditioning needs an observation"),
+        (["--ckpt", "RUN", "--observe", "obs.npz", "--out", "obs.png"], "would overwrite the input"),
+        (["--ckpt", "RUN", "--observe", "bad.npz"], "needs arrays A (M, D) and y (M,)"),
+        (["--ckpt", "RUN", "--inpaint", "known.npy", "--mask", "none.npy"], "observes nothing"),
+        (["--ckpt", "RUN", "--inpaint", "wide.npy", "--mask", "mask.npy"], "has shape (3,), the model's samples have shape (2,)"),
+    ],
+)
+def test_conditional_sample_errors_are_one_line(argv, needle, run_dir, cond_dir, clf_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save("known.npy", np.array([1.0, 0.0], np.float32))
+    np.save("wide.npy", np.zeros(3, np.float32))
+    np.save("mask.npy", np.array([True, False]))
+    np.save("none.npy", np.array([False, False]))
+    np.savez("obs.npz", A=np.ones((1, 2), np.float32), y=np.array([2.0], np.float32))
+    np.savez("bad.npz", A=np.ones((1, 2), np.float32))
+    names = {"RUN": str(run_dir), "COND": str(cond_dir), "CLF": str(clf_dir)}
+    argv = [names.get(a, a) for a in argv]
+    assert main(["sample", "--no-progress", "--device", "cpu", "--n", "5", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    for k, v in names.items():
+        needle = needle.replace(k, v)
+    assert err.startswith("scoresde: error:") and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "samples.png").exists()
+
+
+def test_inpaint_and_observe_on_the_ring(cond_dir, tmp_path, capsys):
+    np.save(tmp_path / "known.npy", np.array([2.0, 123.0], np.float32))  # the unobserved entry may hold anything finite
+    np.save(tmp_path / "mask.npy", np.array([True, False]))
+    flags = ["--sampler", "euler_maruyama", "--steps", "100", "--conditioning", "smc"]
+    assert _sample(cond_dir, tmp_path / "inp.png", "--inpaint", str(tmp_path / "known.npy"), "--mask", str(tmp_path / "mask.npy"), *flags) == 0
+    out = capsys.readouterr().out
+    assert "conditioning: smc; ESS min" in out and "of 200 particles" in out
+    z = np.load(tmp_path / "inp.npz")
+    assert np.array_equal(z["x"][:, 0], np.full(200, 2.0, np.float32)) and z["mask"].tolist() == [True, False]
+    assert np.abs(z["x"][:, 1]).mean() < 0.6  # x₀ = 2 leaves the mode at (2, 0) (the next ones are at y = ±1.41)
+    np.savez(tmp_path / "obs.npz", A=np.array([[1.0, 1.0]], np.float32), y=np.array([2.0], np.float32), noise_std=np.array(0.1))
+    assert _sample(cond_dir, tmp_path / "o.png", "--observe", str(tmp_path / "obs.npz"), *flags) == 0
+    assert "conditioning: smc" in capsys.readouterr().out
+    s = np.load(tmp_path / "o.npz")["x"].sum(1)
+    assert abs(s.mean() - 2.0) < 0.05 and s.std() < 0.25, (s.mean(), s.std())  # A x ≈ y, within the noise
+
+
+def test_digits_labels_and_inpainting_write_images(tmp_path, capsys):
+    from PIL import Image
+
+    run = tmp_path / "digits"
+    assert main(["train", "--data", "digits", "--class-conditional", "--steps", "2", "--batch-size", "16", "--out", str(run),
+                 "--config", str(_digits_toml(tmp_path)), "--no-progress", "--device", "cpu"]) == 0
+    flags = ["--steps", "4", "--n", "6", "--no-progress", "--device", "cpu"]
+    assert main(["sample", "--ckpt", str(run), "--label", "0", "--label", "3", "--out", str(tmp_path / "d.png"), *flags]) == 0
+    assert (tmp_path / "d_label0.png").stat().st_size > 500 and (tmp_path / "d_label3.png").is_file()
+    assert not (tmp_path / "d.png").exists() and np.load(tmp_path / "d.npz")["y"].tolist() == [0] * 6 + [3] * 6
+    img = np.zeros((8, 8), np.uint8)
+    img[:, 2:6] = 255  # a bar
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4] = 255  # the top half is known
+    Image.fromarray(img).save(tmp_path / "in.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert main(["sample", "--ckpt", str(run), "--inpaint", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--sampler", "euler_maruyama", "--conditioning", "replacement", "--out", str(tmp_path / "c.png"), *flags]) == 0
+    assert "conditioning: replacement" in capsys.readouterr().out and (tmp_path / "c.png").stat().st_size > 500
+    x = np.load(tmp_path / "c.npz")["x"]
+    assert x.shape == (6, 1, 8, 8) and np.array_equal(x[:, 0, :4], np.broadcast_to(img[:4] / 127.5 - 1, (6, 4, 8)).astype(np.float32))
+
+
+def _digits_toml(tmp_path):
+    p = tmp_path / "d.toml"
+    p.write_text("channels = 8\nnum_res_blocks = 1\nemb_dim = 32\nfinal_eval = false\n")
+    return p
