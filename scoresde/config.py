@@ -18,6 +18,7 @@ from .model import PARAMETERIZATIONS
 from .sde import CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
 SDE_NAMES = ("vp", "subvp", "ve", "cosine")
+LR_SCHEDULES = ("constant", "cosine")
 NET_NAMES = ("auto", "mlp", "unet")
 # The sampler names of API.md (as `scoresde.samplers.SAMPLERS`; kept here so a config is checked without importing the samplers).
 SAMPLER_NAMES = ("euler_maruyama", "reverse_diffusion", "pc", "langevin", "sde", "ode", "dpm_solver")
@@ -65,6 +66,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: int = 200  # linear learning-rate warm-up, in steps
+    lr_schedule: str = "constant"  # after the warm-up: "constant", or "cosine" (half a cosine down to 0 at `steps`)
     grad_clip: float = 1.0  # max gradient norm (0: off)
     ema_decay: float = 0.995
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
@@ -100,6 +102,7 @@ class TrainConfig:
         choice("parameterization", PARAMETERIZATIONS)
         choice("weighting", WEIGHTINGS)
         choice("t_sampling", T_SAMPLINGS)
+        choice("lr_schedule", LR_SCHEDULES)
         if isinstance(self.eval_sampler, str):  # checked here, before any training step, not at the final evaluation
             choice("eval_sampler", SAMPLER_NAMES)
         for f in fields(self):

@@ -71,6 +71,15 @@ class TrainingInterrupted(Exception):
         self.signum, self.step, self.checkpoint, self.rank = signum, step, checkpoint, rank
 
 
+def learning_rate(c: TrainConfig, step: int) -> float:
+    """`lr · min(1, (step+1)/warmup)`, times `½(1 + cos(π (step - warmup)/(steps - warmup)))` after the warm-up
+    for `lr_schedule="cosine"`."""
+    lr = c.lr * min(1.0, (step + 1) / c.warmup) if c.warmup > 0 else c.lr
+    if c.lr_schedule == "cosine" and step >= c.warmup and c.steps > c.warmup:
+        lr *= 0.5 * (1 + math.cos(math.pi * (step - c.warmup) / (c.steps - c.warmup)))
+    return lr
+
+
 def ema_warmup_decay(decay: float, n: int) -> float:
     """The EMA decay at update `n` (0-based count of earlier updates): `min(decay, (1 + n) / (10 + n))`.
 
@@ -309,7 +318,7 @@ class Trainer:
         loss.backward()
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self._params, c.grad_clip, foreach=True)
-        lr = c.lr * min(1.0, (self.step + 1) / c.warmup) if c.warmup > 0 else c.lr
+        lr = learning_rate(c, self.step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
