@@ -4,7 +4,7 @@ integrator of the probability-flow ODE in the data-prediction form, for any `Lin
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 
@@ -14,12 +14,18 @@ from torch import Tensor
 from ..sde import LinearSDE
 from .base import Sampler
 from .predictors import batch_times
+from .multistep import ipndm_weights, lagrange_weights
 from .timesteps import TimestepSpec
 
-__all__ = ["DPMSolver"]
+__all__ = ["DPMSolver", "METHODS"]
+
+METHODS = ("dpm++", "deis", "ipndm")
 
 # Below this many steps, `lower_order_final` drops the order over the last steps (the reference code's threshold).
 _LOWER_ORDER_FINAL_BELOW = 15
+# The default's predictor order: 3 below this many steps, 4 from it on (measured, see the class docstring).
+_AUTO_ORDER4_FROM = 15
+_AUTO_ORDER_LARGE = 4
 
 
 class DPMSolver(Sampler):
@@ -34,25 +40,58 @@ class DPMSolver(Sampler):
     that new `D_{i+1}`, which raises the order by one at no extra NFE (none on the last step, whose score is
     never evaluated). `order` (the attribute) is then `order + 1` for orders 1 and 2; with 3 the 2S warm-up keeps it 3.
 
-    Default: order 2 + UniC on the `"log_snr_capped"` grid with `lower_order_final` (the last step first order,
-    the last two for 3M, when `steps < 15`). Chosen at 10 NFE on the exact-score benchmark (benchmarks/solvers.py,
-    "fast10": VP, sub-VP, VE, cosine on the 2-D ring and the 64-D mixture) against DPM-Solver++(2M), UniPC (bh1-3,
-    bh2-2) on log-SNR and uniform-time grids, EDM's Heun (ρ = 7) and 4th-order linear multistep (ρ = 7): at or
-    below the best of them in all 8 cases (0.44-0.85 of its error), and in 6 of 8 on two held-out mixtures (worst
-    1.08x). 2M + UniC beat 3M + UniC and 2M alone at 10 NFE on every case."""
+    `method="deis"` (DEIS tAB, Zhang & Chen 2023; orders 1-4) and `method="ipndm"` (iPNDM, orders 1-4, second
+    order on unequal steps) are the higher-order multistep exponential integrators of `multistep.py`, in the
+    noise prediction by default (`prediction="data"` for DEIS in D; `basis="t"`, `"vp_t"` or `"lambda"`: the
+    variable DEIS interpolates in), lower-order warm start, the same corrector (Adams–Moulton on the new node).
+
+    Default (no option given), per budget: DEIS tAB in ε with the corrector, `basis="vp_t"`, on the
+    `"vp_quadratic"` grid (DPM-Solver's time-quadratic grid of VP, carried to any SDE through λ), order 3 below
+    15 steps and 4 from 15 on, `lower_order_final`. Chosen from the exact-score race of benchmarks/solvers.py
+    (`--race`) on the tuning problems (VP, 2-D ring and 64-D mixture, 10/15/20 NFE) among DPM-Solver++ 2M/3M
+    (+UniC), DEIS in ε/D and t/λ, iPNDM, orders 2-4, with and without the corrector, on log-SNR (plain, capped
+    2-4), EDM ρ 3-7, uniform and time-power grids (the √t grid within 1.35x of the best time power at every
+    budget, kept over a tuned power; t beat λ as the basis, and ε beat D by ~7x on the ring at 10 NFE); then
+    confirmed on held-out mixtures. Orders given
+    explicitly keep their earlier meaning (`DPMSolver(2)`: 2M + UniC on the capped log-SNR grid). Declared
+    `order` of the default: 4 (slope ~3.8 measured on VP at 32-128 steps)."""
 
     weak_order = None
     nfe_per_step = 1
     stochastic = False
 
-    def __init__(self, order: int = 2, *, timesteps: TimestepSpec = "log_snr_capped", lower_order_final: bool = True,
-                 corrector: bool = True):
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    def __init__(self, order: Optional[int] = None, *, method: Optional[str] = None,
+                 timesteps: Optional[TimestepSpec] = None, lower_order_final: bool = True, corrector: bool = True,
+                 prediction: Optional[str] = None, basis: Optional[str] = None):
+        if method is not None and method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        self._auto = order is None and method is None and timesteps is None and prediction is None and basis is None
+        if self._auto:  # the default per budget: DEIS tAB in ε with the corrector on the VP time-quadratic grid
+            method, prediction, basis, timesteps = "deis", "eps", "vp_t", "vp_quadratic"
+            order = _AUTO_ORDER_LARGE
+        method, basis = method or "dpm++", basis or "t"
+        if order is None:
+            order = 2 if method == "dpm++" else 3
+        top = 3 if method == "dpm++" else 4
+        if isinstance(order, bool) or order not in range(1, top + 1):
+            more = " (order 4 needs method='deis' or 'ipndm')" if method == "dpm++" and order == 4 else ""
+            raise ValueError(f"order must be 1 to {top} for method={method!r}, got {order!r}{more}")
+        if prediction is None:
+            prediction = "data" if method == "dpm++" else "eps"
+        if prediction not in ("data", "eps") or (method != "deis" and prediction != ("data" if method == "dpm++" else "eps")):
+            raise ValueError(f"prediction must be 'data' or 'eps' (method 'deis' only), got {prediction!r} for method={method!r}")
+        if basis not in ("t", "vp_t", "lambda"):
+            raise ValueError(f"basis must be 't', 'vp_t' or 'lambda', got {basis!r}")
+        self.method, self.prediction, self.basis = method, prediction, basis
         self.predictor_order = order
         self.corrector = bool(corrector)
-        self.order = order + 1 if self.corrector and order < 3 else order  # type: ignore[misc]
-        self.timesteps = timesteps
+        # UniC on 2S-warmed 3M keeps 3; on the others the corrector adds one to the predictor's order
+        self.order = order + 1 if self.corrector and not (method == "dpm++" and order == 3) else order  # type: ignore[misc]
+        if method == "ipndm":  # equal-step weights on unequal steps: second order (measured), corrected or not
+            self.order = 1 if order == 1 and not self.corrector else 2  # type: ignore[misc]
+        if self._auto:  # measured slope ~3.8 on VP at 32-128 steps: the corrector's extra order does not show on this grid
+            self.order = 4  # type: ignore[misc]
+        self.timesteps = "log_snr_capped" if timesteps is None else timesteps
         self.lower_order_final = bool(lower_order_final)
 
     def check(self, sde) -> None:
@@ -61,38 +100,50 @@ class DPMSolver(Sampler):
 
     @property
     def nfe_init(self) -> int:  # type: ignore[override]
-        return 1 if self.predictor_order == 3 else 0  # the 2S midpoint warm-up (one step of two or more)
+        return 1 if self.method == "dpm++" and self.predictor_order == 3 else 0  # the 2S midpoint warm-up (one step of two or more)
+
+    def order_for(self, steps: int) -> int:
+        """The predictor order a call with `steps` steps runs at (the default: 3 below 15 steps, else 4)."""
+        if self._auto and steps < _AUTO_ORDER4_FROM:
+            return 3
+        return self.predictor_order
 
     def _orders(self, n: int) -> List[int]:
         """The order of each step: warm-up from the history available, lowered over the last steps if asked."""
-        k = self.predictor_order
+        k = self.order_for(n)
         cap = lambda i: n - i if self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW else k
         return [max(1, min(i + 1, k, cap(i))) for i in range(n)]
 
     def init(self, sde, score_fn, ts, schedule, x, noise):
         n = len(ts) - 1
         orders = self._orders(n)
-        midpoint = self.predictor_order == 3 and n > 1 and orders[0] == 1
+        midpoint = self.method == "dpm++" and self.predictor_order == 3 and n > 1 and orders[0] == 1
         # The whole schedule, once per call and in float64: every update is then a fixed linear combination
-        # of the state and the stored data predictions D (newest first). Scalars only: built on the CPU from
+        # of the state and the stored predictions (newest first). Scalars only: built on the CPU from
         # one copy of the table (one host sync, before the loop), so no per-step small kernels run on an accelerator.
         sched = schedule.to("cpu")
-        a, c, cc = _coefficients(sched, orders)  # Python floats
+        if self.method == "dpm++":
+            a, c, cc = _coefficients(sched, orders)  # Python floats
+        elif self.method == "deis":
+            a, c, cc = lagrange_weights(sde, sched, orders, prediction=self.prediction, basis=self.basis, corrector=self.corrector)
+        else:
+            a, c, cc = ipndm_weights(sched, orders, corrector=self.corrector)
         correct = [self.corrector and i < n - 1 and not (i == 0 and midpoint) for i in range(n)]
         rows = sched.floats()
         return _State(sde, ts, batch_times(ts, x.shape[0]), [rows[i] for i in range(n)], orders, midpoint, correct,
-                      a, c, cc, [], x)
+                      a, c, cc, [], x, self.prediction == "eps", max(orders))
 
     def step(self, score_fn, x, i, state, noise):
         st = state
-        d = st.rows[i].x0_from_score(x, score_fn(x, st.times[i]))
+        s = score_fn(x, st.times[i])
+        d = st.rows[i].eps_from_score(s) if st.eps else st.rows[i].x0_from_score(x, s)
         if i > 0 and st.correct[i - 1]:
-            # UniC: redo step i-1 with D_i (from the predicted x_i) as one more node; D_i stays in the history.
+            # UniC: redo step i-1 with P_i (from the predicted x_i) as one more node; P_i stays in the history.
             x = st.x_prev * st.a[i - 1] + d * st.cc[i - 1][0]
             for w, dj in zip(st.cc[i - 1][1:], st.history[:st.orders[i - 1]]):
                 x.add_(dj, alpha=w)
         st.history.insert(0, d)
-        del st.history[self.predictor_order:]
+        del st.history[st.keep:]
         st = st._replace(x_prev=x)
         if i == 0 and st.midpoint:
             return self._midpoint_step(st.sde, score_fn, x, d, st.ts), st
@@ -124,8 +175,10 @@ class _State(NamedTuple):
     a: list
     c: list
     cc: list
-    history: List[Tensor]  # data predictions D, newest first
+    history: List[Tensor]  # predictions (D, or ε when `eps`), newest first
     x_prev: Tensor
+    eps: bool = False
+    keep: int = 3  # how many predictions the history holds
 
 
 def _unic_weights(h: float, r: List[float]) -> List[float]:

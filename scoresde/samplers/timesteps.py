@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..sde import SDE, LinearSDE
 
-__all__ = ["uniform", "vp_matched", "log_snr", "log_snr_capped", "edm", "time_quadratic", "get_timesteps", "TIMESTEPS"]
+__all__ = ["uniform", "vp_matched", "vp_quadratic", "log_snr", "log_snr_capped", "edm", "time_quadratic", "get_timesteps", "TIMESTEPS"]
 
 
 def _finish(t: Tensor, sde: SDE, eps: float, ref: Tensor) -> Tensor:
@@ -94,8 +94,21 @@ def vp_matched(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
     return _finish(sde.t_from_half_log_snr(lam), sde, eps, ref)
 
 
+def vp_quadratic(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
+    """DPM-Solver's "time_quadratic" grid of the default VP SDE (uniform in `√t` on VP's clock) carried to `sde`
+    through the noise level, between `sde`'s own `λ(T)` and `λ(eps)`: on VP it is `time_quadratic`; on any other
+    SDE it puts the steps at the same noise levels whatever its clock. Steps shrink towards the data like `√t`."""
+    from ..sde import VPSDE
+
+    vp = VPSDE()
+    lam_T, lam_eps = _lambda_ends(sde, eps, ref)
+    ends = vp.t_from_half_log_snr(torch.stack([lam_T, lam_eps]))
+    s = ends[0].sqrt() + torch.linspace(0, 1, steps + 1, **_f64(ref)) * (ends[1].sqrt() - ends[0].sqrt())
+    return _finish(sde.t_from_half_log_snr(vp._half_log_snr(s * s)), sde, eps, ref)
+
+
 TIMESTEPS = {"uniform": uniform, "vp_matched": vp_matched, "time_quadratic": time_quadratic, "log_snr": log_snr, "edm": edm,
-             "log_snr_capped": log_snr_capped}
+             "log_snr_capped": log_snr_capped, "vp_quadratic": vp_quadratic}
 
 TimestepSpec = Union[str, Tensor, Callable[[SDE, int, float, Tensor], Tensor]]
 
