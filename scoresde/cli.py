@@ -26,9 +26,14 @@ class UserError(Exception):
 
 
 def _default_device() -> str:
+    import os
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # under torchrun each rank takes its own GPU
+    return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
 
 
 def _positive_int(s: str) -> int:
@@ -181,21 +186,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if any(p.resolve() == Path(a).resolve() for a in inputs):
             raise UserError(f"--out {args.out} would overwrite the input {p}; give another --out")
 
-    shape = (args.n,) + event
+    # Fixed blocks of --batch-size, block b seeded from (seed, b) and solved by rank b mod N under torchrun: the
+    # same samples for the same seed whatever the number of processes (see scoresde.distributed).
+    from .distributed import Ranks, block_generator, blocks
+
+    cuts = blocks(args.n, args.batch_size)
     groups, stats_all = [], []
-    for label, score_fn in score_fns:
-        # One call per label, each from the same seed: label K's samples do not depend on the other labels asked for.
-        gen = torch.Generator(device=device).manual_seed(args.seed)
-        stats: dict = {}
-        extra = {} if condition is None else dict(condition=condition, conditioning=args.conditioning)
-        try:
-            with torch.no_grad():
-                x = sample(sde, score_fn, shape, sampler=sampler, steps=args.steps, generator=gen, device=device,
-                           progress=not args.no_progress, stats=stats, **extra)
-        except NotImplementedError as e:
-            raise UserError(f"this version of scoresde.sample cannot condition on an observation yet ({_one_line(e)})") from None
-        groups.append((label, x))
-        stats_all.append(stats)
+    with Ranks(device) as ranks:
+        for label, score_fn in score_fns:
+            # One call per label, each from the same seed: label K's samples do not depend on the other labels asked for.
+            mine = []
+            for b in ranks.mine(len(cuts)):
+                stats: dict = {}
+                extra = {} if condition is None else dict(condition=condition, conditioning=args.conditioning)
+                try:
+                    with torch.no_grad():
+                        x = sample(sde, score_fn, (cuts[b].stop - cuts[b].start,) + event, sampler=sampler, steps=args.steps,
+                                   generator=block_generator(args.seed, b, device), device=device,
+                                   progress=not args.no_progress and len(cuts) == 1, stats=stats, **extra)
+                except NotImplementedError as e:
+                    raise UserError(f"this version of scoresde.sample cannot condition on an observation yet ({_one_line(e)})") from None
+                mine.append((x.detach().cpu(), stats))
+            done = ranks.gather(mine, len(cuts))
+            if done is not None:
+                groups.append((label, torch.cat([x for x, _ in done])))
+                stats_all.append(dict(done[0][1], nfe=sum(st.get("nfe", 0) for _, st in done), blocks=len(done)))
+        if not ranks.is_main:
+            return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     x_all = torch.cat([x for _, x in groups]).detach().cpu().numpy()
     arrays = dict(x=x_all)
@@ -507,13 +524,20 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     x = test[: args.n].to(device)
     if tuple(x.shape[1:]) != tuple(model.event_shape):
         raise UserError(f"--data samples have shape {tuple(x.shape[1:])}, the model expects {tuple(model.event_shape)}")
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    bpd, nfe = [], 0
-    chunks = list(torch.split(x, args.batch_size))
-    for chunk in tqdm(chunks, desc="likelihood", unit="batch", disable=args.no_progress or len(chunks) == 1):
-        res = log_likelihood(sde, model, chunk, divergence=divergence, generator=gen)
-        bpd.append(bits_per_dim(res.logp, chunk.shape[1:]))
-        nfe += res.nfe
+    from .distributed import Ranks, block_generator, blocks
+
+    cuts = blocks(len(x), args.batch_size)
+    with Ranks(device) as ranks:
+        mine = []
+        todo = ranks.mine(len(cuts))
+        for b in tqdm(todo, desc="likelihood", unit="batch", disable=args.no_progress or len(todo) <= 1):
+            # block b's Hutchinson probes from (seed, b): any number of torchrun processes gives the same numbers
+            res = log_likelihood(sde, model, x[cuts[b]], divergence=divergence, generator=block_generator(args.seed, b, device))
+            mine.append((bits_per_dim(res.logp, x.shape[1:]).cpu(), res.nfe))
+        done = ranks.gather(mine, len(cuts))
+        if done is None:
+            return 0
+    bpd, nfe = [v for v, _ in done], sum(k for _, k in done)
     bpd = torch.cat(bpd).double().cpu()
     mean, se = float(bpd.mean()), float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     result = {"bits_per_dim": mean, "stderr": se, "n": len(bpd), "nfe": nfe, "divergence": divergence}
@@ -614,7 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True, help="run folder or checkpoint file")
     s.add_argument("--sampler", default="dpm_solver", help=f"{', '.join(SAMPLER_NAMES)} or module:Class")
     s.add_argument("--steps", type=_positive_int, default=20, help="time steps")
-    s.add_argument("--n", "--num-samples", type=_positive_int, default=1000, dest="n", help="number of samples")
+    s.add_argument("--n", "--num-samples", type=_positive_int, default=1000, dest="n",
+                   help="number of samples (under torchrun write --num-samples: torchrun reads --n as its own --nnodes)")
+    s.add_argument("--batch-size", type=_positive_int, default=1000, dest="batch_size",
+                   help="samples per solve (block b is seeded from (--seed, b): the same samples for any number of "
+                        "torchrun processes; SMC conditioning treats each block as its particles)")
     s.add_argument("--out", default="samples.png", help="PNG to write; the samples go to the same name with .npz")
     s.add_argument("--label", action="append", default=None, metavar="K",
                    help="class to sample (repeat for several, or 'all'); needs a --class-conditional checkpoint or "
@@ -644,8 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
     lk = parser("likelihood", help="bits/dim of data under a trained model, via the probability-flow ODE")
     lk.add_argument("--ckpt", required=True, help="run folder or checkpoint file")
     lk.add_argument("--data", required=True, help=f"{', '.join(TOY_DATA)}, FILE.npz, FILE.npy or IMAGE_DIR (its test split)")
-    lk.add_argument("--n", "--num-samples", type=_positive_int, default=500, dest="n", help="number of data points")
-    lk.add_argument("--batch-size", type=_positive_int, default=250, dest="batch_size", help="points per ODE solve")
+    lk.add_argument("--n", "--num-samples", type=_positive_int, default=500, dest="n",
+                    help="number of data points (under torchrun write --num-samples)")
+    lk.add_argument("--batch-size", type=_positive_int, default=250, dest="batch_size",
+                    help="points per ODE solve; under torchrun the blocks are spread over the ranks")
     lk.add_argument("--divergence", choices=("auto", "exact", "hutchinson"), default="auto",
                     help=f"trace of the score Jacobian; auto is exact up to {EXACT_MAX_DIM} dimensions, Hutchinson's estimator above")
     lk.add_argument("--json", action="store_true", help="print one JSON object")
