@@ -12,14 +12,17 @@ overhead.*, and two PNGs.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable, List
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from benchmarks._common import machine_note, out_dir, peak_memory_mb, reset_peak_memory, timed, write_results
 
 import scoresde  # noqa: E402
+from scoresde._utils import append_dims  # noqa: E402
 from scoresde.metrics import floor_sliced_w2, mmd2, mode_tv, sliced_w2  # noqa: E402
 from scoresde.samplers import DPMSolver, sample, timesteps  # noqa: E402
 
@@ -192,7 +195,8 @@ def fast_samplers(sdes, datasets, n, device, dtype, rows):
     eps = 1e-3
     plain = lambda k, grid: DPMSolver(k, timesteps=grid, corrector=False)
     contenders: List[tuple[str, str, Callable]] = [
-        ("dpm_solver (ours, default: 2M + UniC, log_snr_capped)", "ours", lambda s, f, x: sample(s, f, None, x_T=x, sampler="dpm_solver", steps=10, eps=eps, denoise=False)),
+        ("dpm_solver (ours, default: DEIS tAB 3 in ε + corrector, vp_quadratic)", "ours", lambda s, f, x: sample(s, f, None, x_T=x, sampler="dpm_solver", steps=10, eps=eps, denoise=False)),
+        ("dpm_solver 2M + UniC, log_snr_capped (the previous default)", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2), steps=10, eps=eps, denoise=False)),
         ("dpm_solver 2M without UniC, log_snr_capped", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2, corrector=False), steps=10, eps=eps, denoise=False)),
         ("dpm_solver 3M + UniC, log_snr_capped", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(3), steps=9, eps=eps, denoise=False)),
         # 2M as the reference code runs it: first-order last step when steps < 15 (lower_order_final)
@@ -320,12 +324,372 @@ def user_sde_defaults(n, rows, names=("euler_maruyama", "pc", "langevin", "dpm_s
                              "data width": round(width(data), 4)})
                 print(rows[-1], flush=True)
 
+# -- the race against the real peers: diffusers' schedulers and k-diffusion's samplers, exact score ---------------
+#
+# Everything is in the half log-SNR λ = log(m/σ), in which the VP probability-flow ODE does not depend on the β
+# schedule: diffusers' discrete `alphas_cumprod` (linear betas 1e-4..0.02, 1000 steps) give each timestep a λ, and
+# the continuous VP SDE (β 0.1..20) is run on the horizon that puts λ(T) at timestep 999's and eps at timestep 0's
+# ("aligned end points": T ≈ 1.003). Each peer configuration integrates from its own first noise level to its own
+# last (σ_min, or σ = 0 for final_sigmas_type="zero": the reference then runs to t = 1e-9) and is scored against
+# dopri5 at rtol = atol = 1e-9 over the same end points from the same x_T; ours runs on the best configuration's
+# end points too (ending at σ = 0 = its steps minus one, then the Tweedie step, at the same NFE).
+
+RACE_NFES = (10, 20)
+_TRAIN_STEPS = 1000
+
+
+def _race_data(name):
+    """Tuning problems (ring, mix64: the default was chosen on these) and held-out ones (rand16, grid16, iso32)."""
+    if name == "rand16":
+        return scoresde.random_mixture(16, 16, cov="full", seed=5), (16,)
+    if name == "iso32":
+        return scoresde.random_mixture(32, 6, cov="iso", seed=7), (32,)
+    return _data(name)
+
+
+class _VPTable:
+    """diffusers' discrete VP table as half log-SNRs, and the continuous VP time for each λ."""
+
+    def __init__(self):
+        betas = torch.linspace(1e-4, 0.02, _TRAIN_STEPS, dtype=torch.float64)
+        ac = torch.cumprod(1 - betas, 0)
+        self.log_sigma = 0.5 * (torch.log1p(-ac) - ac.log())  # log of k-diffusion's σ = √((1-ᾱ)/ᾱ) = e^{-λ}
+        self.vp = scoresde.VPSDE()
+
+    def lam_of_timestep(self, ts: Tensor) -> Tensor:
+        """The inverse of diffusers' `_sigma_to_t` (linear in log σ between integer timesteps)."""
+        t = ts.double().clamp(0, _TRAIN_STEPS - 1)
+        lo = t.floor().long().clamp(max=_TRAIN_STEPS - 2)
+        w = t - lo
+        return -((1 - w) * self.log_sigma[lo] + w * self.log_sigma[lo + 1])
+
+    def t_of_lam(self, lam) -> float:
+        return float(self.vp.t_from_half_log_snr(torch.as_tensor(lam, dtype=torch.float64).reshape(1))[0])
+
+
+_T_ZERO = 1e-9  # "σ = 0": VP at t = 1e-9 has σ ≈ 1e-5, far below every mode's width
+
+
+def _vp_on(table, lam_start):
+    return scoresde.VPSDE(T=table.t_of_lam(lam_start))
+
+
+def _diffusers_configs():
+    """(label, scheduler class, kwargs) for every diffusers scheduler and grid to try; [] without diffusers."""
+    try:
+        import diffusers  # noqa: F401
+    except Exception:
+        return []
+    import inspect
+    import diffusers as dif
+
+    grids = [("linspace", dict(timestep_spacing="linspace")), ("leading", dict(timestep_spacing="leading", steps_offset=1)),
+             ("trailing", dict(timestep_spacing="trailing")), ("karras", dict(use_karras_sigmas=True)),
+             ("exponential", dict(use_exponential_sigmas=True)), ("lu_lambdas", dict(use_lu_lambdas=True))]
+    finals = [("final 0", dict(final_sigmas_type="zero")), ("final σ_min", dict(final_sigmas_type="sigma_min"))]
+    families = [
+        ("DPMSolverMultistep 2M", "DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
+        ("DPMSolverMultistep 3M", "DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++")),
+        ("DPMSolverMultistep 2M heun", "DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="heun")),
+        ("DPMSolverSinglestep 2S", "DPMSolverSinglestepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
+        ("DPMSolverSinglestep 3S", "DPMSolverSinglestepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++")),
+        ("UniPC bh1 order 2", "UniPCMultistepScheduler", dict(solver_type="bh1", solver_order=2)),
+        ("UniPC bh1 order 3", "UniPCMultistepScheduler", dict(solver_type="bh1", solver_order=3)),
+        ("UniPC bh2 order 2", "UniPCMultistepScheduler", dict(solver_type="bh2", solver_order=2)),
+        ("UniPC bh2 order 3", "UniPCMultistepScheduler", dict(solver_type="bh2", solver_order=3)),
+        ("DEIS order 2", "DEISMultistepScheduler", dict(solver_order=2)),
+        ("DEIS order 3", "DEISMultistepScheduler", dict(solver_order=3)),
+        ("SA-Solver (tau 0) 3/4", "SASolverScheduler", dict(predictor_order=3, corrector_order=4, tau_func=lambda t: 0)),
+        ("SA-Solver (tau 0) 2/2", "SASolverScheduler", dict(predictor_order=2, corrector_order=2, tau_func=lambda t: 0)),
+        ("PNDM (PLMS)", "PNDMScheduler", dict(skip_prk_steps=True)),
+        ("PNDM (PRK warm-up)", "PNDMScheduler", dict(skip_prk_steps=False)),
+        ("DDIM", "DDIMScheduler", dict(set_alpha_to_one=True)),
+        ("DDIM, final ᾱ_0", "DDIMScheduler", dict(set_alpha_to_one=False)),
+        ("Euler", "EulerDiscreteScheduler", {}),
+        ("Heun", "HeunDiscreteScheduler", {}),
+        ("LMS", "LMSDiscreteScheduler", {}),
+        ("KDPM2", "KDPM2DiscreteScheduler", {}),
+    ]
+    out = []
+    for label, cls_name, base in families:
+        cls = getattr(dif, cls_name, None)
+        if cls is None:
+            continue
+        accepted = inspect.signature(cls.__init__).parameters
+        for g_label, g in grids:
+            if not all(k in accepted for k in g):
+                continue
+            for f_label, f in (finals if "final_sigmas_type" in accepted else [("", {})]):
+                kw = dict(base, **g, **f)
+                out.append((f"{label}, {g_label}" + (f", {f_label}" if f_label else ""), cls, kw))
+    return out
+
+
+# Schedulers whose model output at each call is read at `sigmas[step_index]`: diffusers rounds their timesteps to
+# integers on Karras/exponential/λ grids, so the timestep a network would see is not quite that σ. Both readings run
+# ("σ-exact" feeds the score at the σ the solver assumes) and the better one counts: the peer at its best.
+_SIGMA_INDEXED = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
+                  "DEISMultistepScheduler", "SASolverScheduler", "EulerDiscreteScheduler", "LMSDiscreteScheduler")
+
+
+def _run_diffusers(cls, kw, nfe, score_for, table, x_T, sigma_exact=False):
+    """One scheduler at the most inference steps whose model calls fit `nfe`; returns (x_vp, λ_start, λ_end, calls)
+    or None when it cannot run. The model output is ε̂ = -σ s(x, t) at the VP time of each timestep's λ (or, with
+    `sigma_exact`, of the σ the scheduler's step reads)."""
+    import warnings
+
+    sched = None
+    for steps in range(nfe, 0, -1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sched = cls(**kw)
+                sched.set_timesteps(steps)
+        except Exception:
+            return None
+        if len(sched.timesteps) <= nfe:
+            break
+    ts = sched.timesteps
+    kd_style = "scale_model_input" in type(sched).__dict__ and hasattr(sched, "sigmas") and \
+        type(sched).__name__ in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler")
+    lam_start = float(table.lam_of_timestep(ts[:1])[0])
+    if hasattr(sched, "sigmas") and not isinstance(sched.sigmas, type(None)) and type(sched).__name__ not in ("PNDMScheduler", "DDIMScheduler"):
+        s_last = float(sched.sigmas[-1])
+    else:
+        ac_final = float(sched.final_alpha_cumprod)
+        s_last = ((1 - ac_final) / ac_final) ** 0.5
+    lam_end = math.inf if s_last == 0 else -math.log(s_last)
+    sde = _vp_on(table, lam_start)
+    score = score_for(sde)
+    x = x_T * (1 + float(sched.sigmas[0]) ** 2) ** 0.5 if kd_style else x_T.clone()
+    calls = 0
+    for t in ts:
+        xin = sched.scale_model_input(x, t)
+        if sigma_exact:
+            k = sched.step_index if sched.step_index is not None else int((sched.timesteps == t).nonzero()[0])
+            lam = -torch.as_tensor(float(sched.sigmas[k]), dtype=torch.float64).log().reshape(1)
+        else:
+            lam = table.lam_of_timestep(torch.as_tensor(t).reshape(1))
+        tc = sde.t_from_half_log_snr(lam)
+        tb = tc.to(x.dtype).expand(x.shape[0])
+        sig = sde.marginal_coefs(tb)[1]
+        eps_hat = -append_dims(sig, x.ndim) * score(xin, tb)
+        calls += 1
+        x = sched.step(eps_hat, t, x).prev_sample
+    if kd_style:
+        x = x / (1 + s_last**2) ** 0.5
+    return x.to(x_T.dtype), lam_start, lam_end, calls
+
+
+def _kdiffusion_sampling():
+    """k-diffusion's `sampling` module, or None. Its package `__init__` imports training dependencies (CLIP,
+    torchvision, wandb) that the samplers never use: if that import fails the sampling module is loaded from the
+    installed package with the one helper it takes from `utils` (append_dims)."""
+    try:
+        from k_diffusion import sampling  # type: ignore
+
+        return sampling
+    except Exception:
+        pass
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        root = list(spec.submodule_search_locations)[0]
+        pkg = types.ModuleType("_kd_stub")
+        pkg.__path__ = [root]
+        utils = types.ModuleType("_kd_stub.utils")
+        utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+        sys.modules["_kd_stub"], sys.modules["_kd_stub.utils"] = pkg, utils
+        sspec = importlib.util.spec_from_file_location("_kd_stub.sampling", f"{root}/sampling.py")
+        mod = importlib.util.module_from_spec(sspec)
+        sspec.loader.exec_module(mod)
+        return mod
+    except Exception:
+        return None
+
+
+def _kdiffusion_configs(kd):
+    if kd is None:
+        return []
+    # (label, function, extra kwargs, NFE for n sigmas ending at σ > 0 / at 0)
+    samplers = [
+        ("euler", kd.sample_euler, {}, lambda n, z: n),
+        ("heun", kd.sample_heun, {}, lambda n, z: 2 * n - z),
+        ("dpm_2", kd.sample_dpm_2, {}, lambda n, z: 2 * n - z),
+        ("lms", kd.sample_lms, {}, lambda n, z: n),
+        ("dpmpp_2m", kd.sample_dpmpp_2m, {}, lambda n, z: n),
+        ("dpmpp_2s (eta 0)", kd.sample_dpmpp_2s_ancestral, dict(eta=0.0), lambda n, z: 2 * n - z),
+        ("dpmpp_2m_sde (eta 0)", kd.sample_dpmpp_2m_sde, dict(eta=0.0), lambda n, z: n),
+        ("dpmpp_3m_sde (eta 0)", kd.sample_dpmpp_3m_sde, dict(eta=0.0), lambda n, z: n),
+    ]
+    grids = [("karras ρ=7", lambda n, lo, hi: kd.get_sigmas_karras(n, lo, hi, rho=7.0, device="cpu")),
+             ("exponential", lambda n, lo, hi: kd.get_sigmas_exponential(n, lo, hi, device="cpu")),
+             ("polyexponential ρ=1", lambda n, lo, hi: kd.get_sigmas_polyexponential(n, lo, hi, rho=1.0, device="cpu"))]
+    return [(f"k-diffusion {s}, {g}, {'final 0' if z else 'final σ_min'}", fn, extra, cost, grid, z)
+            for s, fn, extra, cost in samplers for g, grid in grids for z in (1, 0)]
+
+
+def _run_kdiffusion(cfg, nfe, score_for, table, x_T):
+    label, fn, extra, cost, grid, zero = cfg
+    n = max((k for k in range(1, nfe + 1) if cost(k, zero) <= nfe), default=0)
+    if n == 0:
+        return None
+    lo, hi = float(table.log_sigma[0].exp()), float(table.log_sigma[-1].exp())
+    sigmas = grid(n, lo, hi).double()  # n + 1 values ending at 0
+    if not zero:
+        sigmas = grid(n + 1, lo, hi).double()[:-1]  # n + 1 values from σ_max to σ_min: n steps
+    lam_start, lam_end = -math.log(float(sigmas[0])), (math.inf if float(sigmas[-1]) == 0 else -math.log(float(sigmas[-1])))
+    sde = _vp_on(table, lam_start)
+    score = score_for(sde)
+    calls = [0]
+
+    def denoiser(xk, sigma):
+        calls[0] += 1
+        rho = sigma.double().reshape(-1)[:1].expand(xk.shape[0])
+        t = sde.t_from_half_log_snr(-rho.log()).to(xk.dtype)
+        m = append_dims((1 + rho * rho).rsqrt().to(xk.dtype), xk.ndim)
+        xv = xk * m
+        row = sde._schedule(t.double())
+        return row.x0_from_score(xv, score(xv, t))
+
+    x = x_T * (1 + float(sigmas[0]) ** 2) ** 0.5
+    x = fn(denoiser, x, sigmas.to(x.dtype), disable=True, **extra)
+    x = x / (1 + float(sigmas[-1]) ** 2) ** 0.5
+    return x, lam_start, lam_end, calls[0]
+
+
+def _ours(sde_of, score_for, x_T, nfe, lam_start, lam_end, table, sampler="dpm_solver", **opts):
+    """Our sampler on the given end points: to σ_min with `nfe` steps; to σ = 0 with `nfe - 1` steps and Tweedie."""
+    sde = sde_of(lam_start)
+    if math.isinf(lam_end):
+        eps = table.t_of_lam(float(-table.log_sigma[0]))
+        return sample(sde, score_for(sde), None, x_T=x_T, sampler=sampler, steps=nfe - 1, eps=eps, denoise=True, **opts)
+    return sample(sde, score_for(sde), None, x_T=x_T, sampler=sampler, steps=nfe, eps=table.t_of_lam(lam_end), denoise=False, **opts)
+
+
+def peer_race(datasets, nfes, n, dtype, rows, ours_variants=None, peers=True, only=None):
+    """Per case and NFE: every peer configuration's pathwise error (each on its own end points, against dopri5 at
+    1e-9 from the same x_T) and ours on the best one's end points; rows carry "kind" peer/ours/variant. `only`: a
+    set of peer labels to run (the rest skipped)."""
+    table = _VPTable()
+    dif_cfgs = _diffusers_configs() if peers else []
+    kd = _kdiffusion_sampling() if peers else None
+    kd_cfgs = _kdiffusion_configs(kd)
+    if peers and not dif_cfgs:
+        print("peer race: diffusers is not importable (pip install 'scoresde[bench]'): diffusers schedulers skipped")
+    if peers and not kd_cfgs:
+        print("peer race: k-diffusion is not importable: its samplers skipped")
+    refs: dict = {}
+    for data_name in datasets:
+        mix, ev = _race_data(data_name)
+        score_for = mix.score_fn
+        x_T = torch.randn((n,) + ev, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+        def reference(lam_start, lam_end):
+            key = (data_name, round(lam_start, 9), lam_end)
+            if key not in refs:
+                sde = _vp_on(table, lam_start)
+                eps = _T_ZERO if math.isinf(lam_end) else table.t_of_lam(lam_end)
+                refs[key] = sample(sde, score_for(sde), None, x_T=x_T, sampler="ode", rtol=1e-9, atol=1e-9, eps=eps, denoise=False)
+            return refs[key]
+
+        err = lambda x, a, b: float((x - reference(a, b)).flatten(1).norm(dim=1).mean())
+        canon = (float(-table.log_sigma[-1]), float(-table.log_sigma[0]))
+        for nfe in nfes:
+            case = []
+            runs = [(lab, lambda c=cls, k=kw: _run_diffusers(c, k, nfe, score_for, table, x_T)) for lab, cls, kw in dif_cfgs]
+            runs += [(lab + ", σ-exact time", lambda c=cls, k=kw: _run_diffusers(c, k, nfe, score_for, table, x_T, True))
+                     for lab, cls, kw in dif_cfgs if cls.__name__ in _SIGMA_INDEXED and any(g in lab for g in ("karras", "exponential", "lu_lambdas"))]
+            runs += [(cfg[0], lambda c=cfg: _run_kdiffusion(c, nfe, score_for, table, x_T)) for cfg in kd_cfgs]
+            for label, run in runs:
+                if only is not None and label not in only:
+                    continue
+                try:
+                    with torch.no_grad():
+                        res = run()
+                except Exception as e:  # a scheduler/grid combination the peer does not support
+                    res = None
+                    print(f"  {label}: skipped ({type(e).__name__}: {str(e)[:80]})", flush=True)
+                if res is None:
+                    continue
+                x, a, b, calls = res
+                if not bool(torch.isfinite(x).all()):
+                    continue
+                case.append({"data": data_name, "NFE budget": nfe, "sampler": label, "kind": "peer", "NFE": calls,
+                             "λ start": round(a, 4), "λ end": b if math.isinf(b) else round(b, 4), "path err": err(x, a, b), "_ends": (a, b)})
+            for label, opts in (ours_variants or {"dpm_solver (default)": {}}).items():
+                x = _ours(lambda a: _vp_on(table, a), score_for, x_T, nfe, *canon, table, **opts)
+                case.append({"data": data_name, "NFE budget": nfe, "sampler": label, "kind": "ours" if not case or label.endswith("(default)") else "variant",
+                             "NFE": nfe, "λ start": round(canon[0], 4), "λ end": round(canon[1], 4), "path err": err(x, *canon)})
+            peers_here = [r for r in case if r["kind"] == "peer"]
+            if peers_here:
+                best = min(peers_here, key=lambda r: r["path err"])
+                a, b = best["_ends"]
+                x = _ours(lambda s: _vp_on(table, s), score_for, x_T, nfe, a, b, table)
+                e_ours = err(x, a, b)
+                case.append({"data": data_name, "NFE budget": nfe, "sampler": "dpm_solver (default), on the best peer's end points",
+                             "kind": "ours@best", "NFE": nfe, "λ start": round(a, 4), "λ end": b if math.isinf(b) else round(b, 4),
+                             "path err": e_ours})
+                for r in case:
+                    r.pop("_ends", None)
+                for r in case:
+                    r["/ best peer"] = round(r["path err"] / best["path err"], 3)
+            for r in sorted(case, key=lambda r: r["path err"])[:5]:
+                print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+            rows += case
+
+
+def race_summary(rows) -> str:
+    """Per case and NFE: the best diffusers and the best k-diffusion configuration, ours, and the ratio."""
+    out = ["| data | NFE | ours (default) | best diffusers | err | best k-diffusion | err | ours / best peer |",
+           "|---|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["data"], r["NFE budget"]) for r in rows):
+        case = [r for r in rows if (r["data"], r["NFE budget"]) == key]
+        ours = next((r for r in case if r["kind"] == "ours@best"), None)
+        if ours is None:
+            continue
+        best = lambda pred: min((r for r in case if r["kind"] == "peer" and pred(r["sampler"])), key=lambda r: r["path err"], default=None)
+        bd, bk = best(lambda s: not s.startswith("k-diffusion")), best(lambda s: s.startswith("k-diffusion"))
+        cell = lambda r: (r["sampler"], f"{r['path err']:.3g}") if r else ("(not installed)", "")
+        peer_err = min(r["path err"] for r in (bd, bk) if r)
+        out.append(f"| {key[0]} | {key[1]} | {ours['path err']:.3g} | {' | '.join(cell(bd))} | {' | '.join(cell(bk))} | "
+                   f"{ours['path err'] / peer_err:.2f} |")
+    return "\n".join(out)
+
+
+RACE_CASES = ["ring", "mix64", "rand16", "grid16", "iso32"]  # tuning: ring, mix64; held out: the rest
+
+
+def race_main(args) -> int:
+    torch.set_num_threads(1)  # small tensors: a second intra-op thread only slows them on shared cores
+    out = out_dir(args.out)
+    rows: list = []
+    cases = ["ring"] if args.quick else RACE_CASES
+    peer_race(cases, (10,) if args.quick else RACE_NFES, 32 if args.quick else args.race_n, torch.float64, rows)
+    meta = {"machine": machine_note(torch.device("cpu")), "n": args.race_n, "quick": args.quick}
+    print(write_results(out, "race", rows, meta))
+    summary = race_summary(rows)
+    (out / "race_summary.md").write_text(summary + "\n")
+    print(summary)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.solvers", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one SDE, the ring, two NFE values (< 1 min)")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--race", action="store_true", help="only the race against diffusers' and k-diffusion's samplers "
+                   "(when importable; pip install 'scoresde[bench]'): ours / best peer at 10 and 20 NFE per case")
+    p.add_argument("--race-n", type=int, default=128, help="x_T samples per race case (default 128)")
     args = p.parse_args(argv)
+    if args.race:
+        return race_main(args)
     out, device, dtype = out_dir(args.out), torch.device(args.device), torch.float64
     if args.quick:
         sdes, datasets, nfes, n, n_path, n_over, nfe_over = ["vp"], ["ring"], [10, 50], 400, 64, 2000, 50
