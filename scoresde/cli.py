@@ -561,11 +561,21 @@ def _benchmark_module(which: str):
                     "(benchmarks/), not part of the installed package; run this from the checkout's root")
 
 
+USER_BENCH_FLAGS = ("data", "nfe", "n", "seed")  # bench solvers --ckpt: passed on as text; benchmarks/user_model.py checks them
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    mod = _benchmark_module(args.which)
+    given = [f for f in USER_BENCH_FLAGS if getattr(args, f) is not None]
+    if args.ckpt is None and given:
+        raise UserError(f"bench: --{given[0]} applies to the user-model benchmark: give --ckpt RUN (bench solvers --ckpt RUN --data DATA)")
+    if args.ckpt is not None and args.which != "solvers":
+        raise UserError(f"bench {args.which}: --ckpt applies to bench solvers only (every sampler on your model)")
+    mod = _benchmark_module("user_model" if args.ckpt is not None else args.which)
     argv = (["--quick"] if args.quick else []) + (["--out", str(args.out)] if args.out else [])
     if args.device:
         argv += ["--device", args.device]
+    if args.ckpt is not None:
+        argv += ["--ckpt", args.ckpt] + [a for f in given for a in (f"--{f}", str(getattr(args, f)))]
     return int(mod.main(argv) or 0)
 
 
@@ -684,11 +694,17 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--no-progress", action="store_true", help="no progress bar")
     lk.set_defaults(func=cmd_likelihood)
 
-    b = parser("bench", help="run a benchmark: tables and plots against the exact-score oracle")
+    b = parser("bench", help="run a benchmark: tables and plots against the exact-score oracle, or every sampler on your model (solvers --ckpt)")
     b.add_argument("which", choices=("solvers", "likelihood", "training"))
     b.add_argument("--quick", action="store_true", help="a smoke-sized run (under a minute)")
-    b.add_argument("--out", default=None, help="output folder (default: benchmarks/results)")
+    b.add_argument("--out", default=None, help="output folder (default: benchmarks/results; with --ckpt: <run folder>/bench)")
     b.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available else cpu)")
+    b.add_argument("--ckpt", default=None, help="solvers only: run folder or checkpoint file; every sampler on this model at a ladder of NFE, "
+                                                "against held-out --data (MMD² ± se and its two-sample floor; images also FD and KID)")
+    b.add_argument("--data", default=None, help="with --ckpt: the data set the model was trained on (its test split is the reference)")
+    b.add_argument("--nfe", default=None, help="with --ckpt: NFE budgets, comma-separated (default: 5,10,20,50; --quick: 5,10)")
+    b.add_argument("--n", "--num-samples", default=None, dest="n", help="with --ckpt: samples per run (default: 1000 vectors, 500 images)")
+    b.add_argument("--seed", default=None, help="with --ckpt: random seed (default: 0)")
     b.set_defaults(func=cmd_bench)
     return p
 
