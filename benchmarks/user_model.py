@@ -315,7 +315,8 @@ def best_lines(rows: List[dict], budgets: Sequence[int], key: str, se_key: str, 
             line += f"; MMD² {best['MMD²']:.3g} ± {best['±']:.2g}"
         at_floor = abs(best[key]) <= floor_band
         line += ", at the two-sample floor)" if at_floor else ")"
-        line += f"; within 2 se of it: {', '.join(tied)}" if tied else ""
+        if tied:
+            line += f"; within 2 se of it: {', '.join(tied[:5])}" + (f" and {len(tied) - 5} more" if len(tied) > 5 else "")
         out.append({"budget": b, "sampler": best["sampler"], "NFE": best["NFE"], key: best[key], "at_floor": at_floor,
                     "tied": tied, "line": line})
     return out
