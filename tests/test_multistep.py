@@ -19,7 +19,7 @@ ORDER_CASES = {
     "deis-eps-t3+C": (lambda: DPMSolver(3, method="deis", timesteps="log_snr"), [32, 64, 128]),
     "deis-eps-vp_t4+C": (lambda: DPMSolver(4, method="deis", basis="vp_t", timesteps="log_snr"), [32, 64, 128]),
     "ipndm4": (lambda: DPMSolver(4, method="ipndm", timesteps="log_snr", corrector=False), [32, 64, 128]),
-    "default": (lambda: DPMSolver(), [32, 64, 128]),
+    "default": (lambda: DPMSolver(method="auto"), [32, 64, 128]),
 }
 
 
@@ -45,8 +45,8 @@ def test_default_on_other_sdes(sde_name):
     ref = exact_flow(sde, x_T, 1e-3)
     e = lambda s, n: float((sample(sde, GAUSS.score_fn(sde), None, x_T=x_T, sampler=s, steps=n, eps=1e-3, denoise=False) - ref).abs().max())
     for n in (10, 20):
-        assert e(DPMSolver(), n) < max(e(DPMSolver(2), n), 1e-4)
-    assert e(DPMSolver(), 20) < 1e-3
+        assert e(DPMSolver(method="auto"), n) < max(e(DPMSolver(2), n), 1e-4)
+    assert e(DPMSolver(method="auto"), 20) < 1e-3
 
 
 def test_deis_in_lambda_on_data_is_dpm_solver_3m():
@@ -77,7 +77,9 @@ def test_vp_t_basis_does_not_depend_on_the_clock(sde_name):
 
 
 def test_default_per_budget():
-    d = DPMSolver()
+    # the default is 2M + UniC (robust on trained models); "auto" is the per-budget DEIS recipe
+    assert (DPMSolver().method, DPMSolver().timesteps, DPMSolver().order) == ("dpm++", "log_snr_capped", 3)
+    d = DPMSolver(method="auto")
     assert (d.method, d.prediction, d.basis, d.timesteps, d.corrector) == ("deis", "eps", "vp_t", "vp_quadratic", True)
     assert d.order_for(10) == 3 and d.order_for(14) == 3 and d.order_for(15) == 4 and d.order_for(40) == 4
     assert d.nfe_per_step == 1 and d.nfe_init == 0
@@ -103,7 +105,7 @@ def test_default_beats_the_old_default_at_10_and_20_nfe_on_the_ring():
     err = lambda s, n: float((sample(sde, RING.score_fn(sde), None, x_T=x_T, sampler=s, steps=n, eps=1e-3, denoise=False) - ref)
                              .flatten(1).norm(dim=1).mean())
     for n in (10, 20):
-        assert err(DPMSolver(), n) < 0.5 * err(DPMSolver(2), n)
+        assert err(DPMSolver(method="auto"), n) < 0.5 * err(DPMSolver(2), n)
 
 
 @pytest.mark.parametrize("kw,word", [(dict(method="rk4"), "method"), (dict(order=5, method="deis"), "order"),
