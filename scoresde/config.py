@@ -54,7 +54,7 @@ class TrainConfig:
     parameterization: str = "eps"
     class_conditional: bool = False  # condition on the data set's labels (see data.py), with a null label
     label_dropout: float = 0.1  # probability of the null label in training, for classifier-free guidance
-    classifier: bool = False  # train a time-conditioned classifier p_t(y | x) of the labels instead of a score model
+    classifier: bool = False  # train a time-conditioned classifier p_t(y | x) instead (t ~ U[eps, T]; weighting, importance_sampling unused)
     # loss
     weighting: str = "sigma2"
     importance_sampling: bool = False
@@ -136,9 +136,6 @@ class TrainConfig:
         if self.classifier and self.class_conditional:
             raise ValueError("classifier and class_conditional exclude each other (a classifier predicts the labels; "
                              "a class-conditional score model is given them)")
-        if self.classifier and self.importance_sampling:
-            raise ValueError("importance_sampling weights the score-matching loss; a classifier's cross-entropy "
-                             "is unweighted over t ~ U[eps, T] (set importance_sampling = false)")
         if self.importance_sampling and self.eps <= 0:
             raise ValueError("eps must be > 0 with importance_sampling")
         build_sde(self)  # SDE parameter consistency (e.g. sigma_min < sigma_max)

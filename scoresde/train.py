@@ -289,7 +289,8 @@ class Trainer:
         x0 = self.train_x[idx]
         if self.data_step is not None:
             x0 = x0 + self.data_step * torch.rand(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
-        t = sample_time(self.sde, x0.shape[0], eps=c.eps, importance_sampling=c.importance_sampling,
+        # A classifier's cross-entropy is unweighted: its t is uniform, whatever the score model's sampling of t.
+        t = sample_time(self.sde, x0.shape[0], eps=c.eps, importance_sampling=c.importance_sampling and not c.classifier,
                         t_sampling=c.t_sampling, generator=g, device=x0.device, dtype=x0.dtype)
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
         labels = None

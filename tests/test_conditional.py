@@ -18,9 +18,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 RING = scoresde.ring8()  # the ring data set's own mixture: radius 2, std 0.15, 8 modes
 
 
+# A fast recipe, pinned so these tests check guidance, not the library's training defaults: with "v", likelihood
+# weighting and importance-sampled t, 300 steps leave the null label's unconditional score much worse (mean distance
+# of its samples to the nearest mode 0.83 against 0.53 here).
+RECIPE = dict(data="ring", n_train=4000, steps=300, batch_size=128, hidden=64, n_blocks=2, emb_dim=32, lr=3e-3, warmup=20,
+              parameterization="eps", weighting="sigma2", importance_sampling=False, ckpt_every=300, log_every=100,
+              final_eval=False, seed=0)
+
+
 def _ring_run(path, **kw):
-    cfg = TrainConfig(**{**dict(data="ring", n_train=4000, steps=300, batch_size=128, hidden=64, n_blocks=2, emb_dim=32,
-                                lr=3e-3, warmup=20, ckpt_every=300, log_every=100, final_eval=False, seed=0, out=str(path)), **kw})
+    cfg = TrainConfig(**{**RECIPE, "out": str(path), **kw})
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -47,6 +54,9 @@ def _mode_accuracy(sde, score_fn, k, n=200, seed=0):
 def test_class_conditional_ring_samples_the_requested_mode(cond_run):
     model, sde = load(cond_run)
     assert isinstance(model, ScoreModel) and model.num_classes == 8 and not model.training
+    x, t = torch.randn(6, 2), torch.full((6,), 0.4)
+    assert torch.equal(model(x, t, None), model(x, t)) and torch.equal(model(x, t), model(x, t, torch.full((6,), 8)))
+    assert not torch.allclose(model(x, t, torch.zeros(6, dtype=torch.long)), model(x, t))  # y=None: the null label
     ckpt = torch.load(cond_run / CHECKPOINT, weights_only=True)
     assert ckpt["num_classes"] == 8 and ckpt["model_config"]["net"]["num_classes"] == 8
     for k in range(8):  # measured: 1.000 for every mode (w = 0: 0.995 or more)
@@ -129,8 +139,10 @@ def test_labelled_training_refuses_unlabelled_data_and_contradictions(tmp_path):
             Trainer(tiny(tmp_path, data=str(tmp_path / "x.npy"), **{flag: True}), progress=False)
     with pytest.raises(ValueError, match="exclude each other"):
         TrainConfig(classifier=True, class_conditional=True)
-    with pytest.raises(ValueError, match="importance_sampling"):
-        TrainConfig(classifier=True, importance_sampling=True)
+    # importance sampling of t is the score loss's; a classifier draws t uniformly whatever the config says
+    a = Trainer(tiny(tmp_path, "a", classifier=True, importance_sampling=True, eps=1e-3), progress=False).global_batch(0)[1]
+    b = Trainer(tiny(tmp_path, "b", classifier=True, importance_sampling=False, eps=1e-3), progress=False).global_batch(0)[1]
+    assert torch.equal(a, b)
 
 
 def test_unet_classifier_trains_on_digits_a_few_steps(tmp_path):
