@@ -14,7 +14,12 @@
    Bits/dim are of the continuous density in the [-1, 1] scaling; the discrete
    (0..16 levels) figure adds log2(17/2) ≈ 3.09.
 
-    python -m benchmarks.training [--quick] [--part all|ring|digits] [--out DIR] [--device cpu] [--net mlp|unet] [--budget S] [--threads N]
+3. KL(p‖q) (`--part kl`): a model trained from an .npz of an oracle mixture (the 8-mode ring of radius 0.75 and
+   std 0.08, a 4x4 grid, an 8-D full-covariance mixture) for 4000 steps, under the defaults and the
+   alternatives in RECIPES; KL from the exact-divergence ODE likelihood of 3000 held-out points, and MMD² of
+   1000 dpm_solver samples in standard errors. `--problems ring,grid --recipes defaults,v-lik-is` for a subset.
+
+    python -m benchmarks.training [--quick] [--part all|ring|digits|kl] [--out DIR] [--device cpu] [--net mlp|unet] [--budget S] [--threads N]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmarks._common import machine_note, markdown_table, out_dir, sync, write_results  # noqa: E402  (pins BLAS threads)
@@ -131,6 +137,79 @@ def digits(device: str, quick: bool, budget_s: float, net: str = "mlp") -> tuple
     return rows, meta
 
 
+# -- KL(p‖q) of trained models on oracle mixtures: how the default recipe was chosen -----------------------
+
+def kl_problems():
+    """Mixtures whose log-density is exact: the issue's 8-mode ring (std 0.08, radius 0.75), a 4x4 grid, and an
+    8-D full-covariance mixture."""
+    import scoresde
+
+    return {
+        "ring": ("ring 8 modes (r 0.75, std 0.08)", scoresde.ring8(radius=0.75, std=0.08)),
+        "grid": ("grid 4x4 (spacing 0.5, std 0.06)", scoresde.grid_mixture(4, 0.5, 0.06)),
+        "full8": ("8-D full-cov mixture (6 modes)", scoresde.random_mixture(8, 6, cov="full", seed=3)),
+    }
+
+
+# (name, TrainConfig overrides): the defaults first, then the alternatives measured against them
+RECIPES = {
+    "defaults": ("defaults (eps output, σ² weighting)", {}),
+    "v-lik-is": ("v output, likelihood weighting, importance-sampled t",
+                 {"parameterization": "v", "weighting": "likelihood", "importance_sampling": True}),
+    "v-lik-is-cosine": ("v, likelihood + IS, cosine lr", {"parameterization": "v", "weighting": "likelihood",
+                                                          "importance_sampling": True, "lr_schedule": "cosine"}),
+    "v-sigma2": ("v output, σ² weighting", {"parameterization": "v"}),
+}
+
+
+def kl_of_recipe(mix, overrides: dict, steps: int, n_test: int, folder, device: str) -> dict:
+    """Train on 50 000 points of `mix` through an .npz file (as a user would), then KL(p‖q) = E_p[log p - log q]
+    on held-out points with the exact-divergence ODE likelihood, and MMD² of 1000 dpm_solver samples."""
+    import numpy as np
+
+    import scoresde
+    from scoresde.config import TrainConfig
+    from scoresde.metrics import mmd2
+    from scoresde.train import Trainer
+
+    path = Path(folder) / "data.npz"
+    np.savez(path, x=mix.sample(50000, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float().numpy())
+    cfg = TrainConfig(data=str(path), steps=steps, out="", device=device, final_eval=False, **overrides)
+    tr = Trainer(cfg, progress=False)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tr.train_step()
+    train_s = time.perf_counter() - t0
+    model, sde = tr.ema.module.eval(), tr.sde
+    x = mix.sample(n_test, generator=torch.Generator().manual_seed(7), dtype=torch.float32).to(device)
+    res = scoresde.log_likelihood(sde, model, x, divergence="exact")
+    gap = (mix.log_prob(x.double().cpu()) - res.logp.double().cpu())
+    xs = scoresde.sample(sde, model, (1000,) + tuple(x.shape[1:]), sampler="dpm_solver", steps=20,
+                         generator=torch.Generator(device=device).manual_seed(1), device=device).double().cpu()
+    ref = mix.sample(1000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    m = mmd2(xs, ref)
+    return {"KL(p‖q) nats": float(gap.mean()), "± se": float(gap.std() / math.sqrt(len(gap))),
+            "MMD²/se": float(m.value / m.stderr), "train s": train_s}
+
+
+def recipes(device: str, quick: bool, problems=None, names=None) -> list[dict]:
+    import tempfile
+
+    steps, n_test = (150, 64) if quick else (4000, 3000)
+    rows = []
+    table = kl_problems()
+    for key in problems or (["ring"] if quick else list(table)):
+        pname, mix = table[key]
+        for rkey in names or (["defaults", "v-lik-is"] if quick else list(RECIPES)):
+            rname, over = RECIPES[rkey]
+            with tempfile.TemporaryDirectory() as d:
+                r = kl_of_recipe(mix, over, steps, n_test, d, device)
+            over = over or "(none)"
+            rows.append({"data": pname, "recipe": rname, "changed": str(over), "steps": steps, **r})
+            print(f"  {pname} | {rname}: KL {r['KL(p‖q) nats']:.4f} ± {r['± se']:.4f}, MMD²/se {r['MMD²/se']:.1f}, {r['train s']:.0f} s", flush=True)
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a smoke-sized run (well under a minute)")
@@ -138,7 +217,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=float, default=None, help="digits training seconds (default 900, quick 5)")
     p.add_argument("--net", choices=("mlp", "unet"), default="mlp", help="digits network (default mlp)")
-    p.add_argument("--part", choices=("all", "ring", "digits"), default="all", help="run only the ring timing or only digits (default both)")
+    p.add_argument("--part", choices=("all", "ring", "digits", "kl"), default="all",
+                   help="ring: step overhead; digits: bits/dim; kl: KL(p‖q) of the default recipe and its alternatives on oracle mixtures (default: all)")
+    p.add_argument("--problems", default=None, help=f"kl: comma list of {', '.join(['ring', 'grid', 'full8'])} (default all)")
+    p.add_argument("--recipes", default=None, help="kl: comma list of recipe keys (default all; see RECIPES)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default on cpu: 1 — on small shared machines extra threads spin and thrash; the ratio is what is measured)")
     args = p.parse_args(argv)
@@ -149,6 +231,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
 
+    if args.part in ("all", "kl"):
+        print("## KL(p‖q) of trained models on mixtures with exact log-density (4000 steps from an .npz, as `scoresde train`)\n", flush=True)
+        split = lambda v: v.split(",") if v else None  # noqa: E731
+        kl = recipes(args.device, args.quick, split(args.problems), split(args.recipes))
+        tag = "" if not (args.problems or args.recipes) else "_" + "_".join(filter(None, (args.problems, args.recipes))).replace(",", "-")
+        print(write_results(out, f"training_kl{tag}", kl, {"machine": machine_note(args.device), "quick": args.quick}))
+        if args.part == "kl":
+            return 0
     if args.part in ("all", "ring"):
         ring = ring_throughput(args.device, args.quick)
         t1 = write_results(out, "training_throughput", ring, {"machine": machine_note(args.device), "quick": args.quick})
