@@ -164,8 +164,9 @@ class _Twisted(Method):
         """`C_t⁻¹ (y - A x̂₀)`: ΠGDM's `(r² A Aᵀ + σ_y² I)⁻¹`."""
         return self.obs.cov_solve(res, self.r2(sched))
 
-    def evaluate(self, score_fn, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """`(s(x, t), log p̃_t(y | x), ∇ₓ log p̃_t(y | x))`: one score evaluation and one VJP."""
+    def evaluate(self, score_fn, x: Tensor, t: Tensor, residual: bool = False):
+        """`(s(x, t), log p̃_t(y | x), ∇ₓ log p̃_t(y | x))` (and `y - A x̂₀` if `residual`): one score evaluation
+        and one VJP."""
         sched = self.sde._schedule(t)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
@@ -175,16 +176,29 @@ class _Twisted(Method):
             res = self.obs.residual(sched.x0_from_score(xg, s).flatten(1))
             logp = -0.5 * (res * self.solve(res, sched)).sum(1)
             (grad,) = torch.autograd.grad(logp.sum(), xg)
+        if residual:
+            return s.detach(), logp.detach(), grad, res.detach(), sched
         return s.detach(), logp.detach(), grad
 
     def guide(self, score_fn):
         scale = self.scale
 
         def guided(x: Tensor, t: Tensor) -> Tensor:
-            s, _, grad = self.evaluate(score_fn, x, t)
-            return torch.add(s, grad, alpha=scale)
+            s, _, grad, res, sched = self.evaluate(score_fn, x, t, residual=True)
+            return s + self.capped(grad * scale, res, sched)
 
         return guided
+
+    def capped(self, g: Tensor, res: Tensor, sched) -> Tensor:
+        """`g`, scaled down per sample where it would move `A x̂₀` by more than the residual `y - A x̂₀`.
+
+        A guided score moves Tweedie's x̂₀ by `(σ²/m) g`; a Bayesian update never moves `A x̂₀` further than the
+        residual, and with an exact score the guidance stays within it. A trained network's x̂₀ Jacobian,
+        `(I + σ² ∇s)/m`, multiplies its error by `1/m` at large t and overshoots by orders of magnitude (ΠGDM on
+        a 2000-step ring model, or on 1.1 × the exact score: |x| ~ 1e5-1e9 without the cap)."""
+        shift = self.obs.apply(g.flatten(1) * append_dims(sched.sigma**2 / sched.m, 2))
+        ratio = res.norm(dim=1) / shift.norm(dim=1).clamp_min(torch.finfo(res.dtype).tiny)
+        return g * append_dims(ratio.clamp(max=1.0), g.ndim)
 
     def supports(self, sampler):
         return None  # a guided score works with every sampler, deterministic ones included
@@ -269,6 +283,11 @@ class SMC(PiGDM):
 
     def guide(self, score_fn):
         return score_fn
+
+    def evaluate(self, score_fn, x, t, residual: bool = False):
+        # the proposal's guidance capped as ΠGDM's (the weights are exact for any proposal)
+        s, logp, grad, res, sched = super().evaluate(score_fn, x, t, residual=True)
+        return s, logp, self.capped(grad, res, sched)
 
     def init(self, sde, score_fn, ts, schedule, x, noise):
         if self.obs.y.shape[0] != 1:
