@@ -199,13 +199,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             for b in ranks.mine(len(cuts)):
                 stats: dict = {}
                 extra = {} if condition is None else dict(condition=condition, conditioning=args.conditioning)
-                try:
-                    with torch.no_grad():
-                        x = sample(sde, score_fn, (cuts[b].stop - cuts[b].start,) + event, sampler=sampler, steps=args.steps,
-                                   generator=block_generator(args.seed, b, device), device=device,
-                                   progress=not args.no_progress and len(cuts) == 1, stats=stats, **extra)
-                except NotImplementedError as e:
-                    raise UserError(f"this version of scoresde.sample cannot condition on an observation yet ({_one_line(e)})") from None
+                with torch.no_grad():
+                    x = sample(sde, score_fn, (cuts[b].stop - cuts[b].start,) + event, sampler=sampler, steps=args.steps,
+                               generator=block_generator(args.seed, b, device), device=device,
+                               progress=not args.no_progress and len(cuts) == 1, stats=stats, **extra)
                 mine.append((x.detach().cpu(), stats))
             done = ranks.gather(mine, len(cuts))
             if done is not None:

@@ -233,6 +233,7 @@ class _SMCState(NamedTuple):
     ess: List[Tensor]
     resampled: List[Tensor]
     generator: Optional[torch.Generator]
+    arange: Tensor  # 0..N-1 on the particles' device, made once per call
     grid: Any  # noisy: (J_k, r_k²) per grid point, for the proposal's curvature; noise-free: the observed trajectory
 
 
@@ -294,7 +295,8 @@ class SMC(PiGDM):
             raise ValueError("conditioning 'smc' treats the batch as particles of one posterior: the observation "
                              "must be shared by the batch (y of shape (M,), x_known shaped like one sample)")
         grid = self._trajectory(schedule, noise.generator) if self.obs.noise_std == 0 else self._grid(schedule)
-        return _SMCState(batch_times(ts, x.shape[0]), None, None, [], [], noise.generator, grid)
+        keep = torch.arange(x.shape[0], device=x.device)
+        return _SMCState(batch_times(ts, x.shape[0]), None, None, [], [], noise.generator, keep, grid)
 
     def _trajectory(self, schedule, generator) -> List[Tensor]:
         """One forward trajectory of the observed coordinates on the grid, from `y₀` at 0 up to `T`:
@@ -397,7 +399,7 @@ class SMC(PiGDM):
         flag = torch.ones((), dtype=torch.bool, device=x.device) if force else ess < self.ess_threshold * N
         state.resampled.append(flag)
         u = torch.rand((), generator=state.generator, device=x.device, dtype=logw.dtype)
-        keep = torch.arange(N, device=x.device)
+        keep = state.arange
         idx = torch.where(flag, _systematic(w, u, keep.to(w.dtype)), keep)  # no host sync: a where, not an if
         x = x.index_select(0, idx)
         cache = tuple(v.index_select(0, idx) for v in cache) if cache is not None else None

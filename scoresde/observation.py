@@ -158,8 +158,8 @@ class BoundObservation:
     """An observation bound to a batch: every operation on flattened `(B, D)` states, on the batch's device/dtype.
 
     Inpainting is kept in masked form (`A x` = the entries under the mask, zeros elsewhere, so `A Aᵀ` is the
-    diagonal mask): a per-sample mask costs nothing extra. A matrix `A` keeps `A`, `A⁺` and the
-    eigendecomposition `A Aᵀ = V diag(d) Vᵀ`, built lazily on first use."""
+    diagonal mask): a per-sample mask costs nothing extra. A matrix `A` keeps `A` and one thin SVD, built
+    lazily on first use, from which `A⁺`, `A Aᵀ` and `Aᵀ A` are read."""
 
     def __init__(self, obs: Observation, x: Tensor, A: Optional[Tensor]):
         self.obs, self.noise_std = obs, obs.noise_std
@@ -167,7 +167,7 @@ class BoundObservation:
         self.batch = x.shape[0]
         self._ref = x
         self.inpainting = isinstance(obs, Inpainting)
-        self._A, self._pinv, self._eig, self._gram = A, None, None, None
+        self._A, self._decomp = A, None
         cast = dict(device=x.device, dtype=x.dtype)
         if self.inpainting:
             m = obs.mask.to(x.device).reshape(-1, x[0].numel()) if obs.mask.ndim > len(self.event_shape) else obs.mask.to(x.device).reshape(1, -1)
@@ -199,29 +199,23 @@ class BoundObservation:
             self._A = self.obs.matrix(self.event_shape, self._ref)
         return self._A
 
-    def _eigen(self):
-        """`(V, d)` with `A Aᵀ = V diag(d) Vᵀ`; for inpainting `V = I` and `d` the mask."""
-        if self._eig is None:
-            if self.inpainting:
-                self._eig = (None, self.mask.to(self._ref.dtype))
-            else:
-                A = self.A
-                d, V = torch.linalg.eigh(A @ A.T)
-                self._eig = (V, d.clamp_min(0))
-        return self._eig
+    def _svd(self):
+        """`A = U diag(S) Wᵀ` over its range (`S > 0`), computed once: `A Aᵀ`, `Aᵀ A`, `A⁺` and the observed
+        coordinates all derive from it."""
+        if self._decomp is None:
+            U, S, Wh = torch.linalg.svd(self.A, full_matrices=False)
+            keep = S > S.max() * max(self.A.shape) * torch.finfo(S.dtype).eps
+            U, S, W = U[:, keep], S[keep], Wh[keep].T.contiguous()
+            self._decomp = (U, S, W, (self.y @ U) / S)  # the last: Wᵀ x for any x with A x = y
+        return self._decomp
 
     def gram(self):
         """`(W, d)` with `Aᵀ A = W diag(d) Wᵀ` over its range (`d > 0`; `W` is `(D, rank)`); for inpainting
         `W = None` and `d` the mask (the operations below are then elementwise)."""
-        if self._gram is None:
-            if self.inpainting:
-                self._gram = (None, self.mask.to(self._ref.dtype))
-            else:
-                U, S, Wh = torch.linalg.svd(self.A, full_matrices=False)
-                keep = S > S.max() * max(self.A.shape) * torch.finfo(S.dtype).eps
-                self._gram = (Wh[keep].T.contiguous(), S[keep] ** 2)
-                self._coords_y = (self.y @ U[:, keep]) / S[keep]  # Wᵀ x for any x with A x = y
-        return self._gram
+        if self.inpainting:
+            return None, self.mask.to(self._ref.dtype)
+        _, S, W, _ = self._svd()
+        return W, S * S
 
     def coords(self, xf: Tensor) -> Tensor:
         """The observed coordinates `Wᵀ x` of flattened `(B, D)` states (inpainting: the masked entries, zeros
@@ -231,8 +225,7 @@ class BoundObservation:
 
     def observed_coords(self) -> Tensor:
         """`Wᵀ x₀` fixed by a noise-free observation, `(1 or B, rank)` (inpainting: `(1 or B, D)`, masked)."""
-        W, _ = self.gram()
-        return self.y if W is None else self._coords_y
+        return self.y if self.inpainting else self._svd()[3]
 
     def set_coords(self, xf: Tensor, c: Tensor) -> Tensor:
         """`x` with its observed coordinates replaced by `c`: `x + W (c - Wᵀ x)`."""
@@ -247,25 +240,29 @@ class BoundObservation:
         return ((v @ W) * coef) @ W.T
 
     def cov_solve(self, v: Tensor, r2) -> Tensor:
-        """`(r² A Aᵀ + noise_std² I)⁻¹ v` for `(B, M)` residuals; directions where that matrix is zero (entries
-        off an inpainting mask, the null space of `A Aᵀ` with no noise) give 0, as the residual has none there.
-        `r2` is a number or a `(B,)` tensor."""
-        V, d = self._eigen()
+        """`(r² A Aᵀ + noise_std² I)⁻¹ v` for `(B, M)` residuals, `r2` a number or a `(B,)` tensor: in `A`'s column
+        space `U diag(1/(r² S² + σ_y²)) Uᵀ v`, and `v/σ_y²` outside it. Directions where that matrix is zero
+        (entries off an inpainting mask, outside the column space with no noise) give 0: the residual has none."""
         r2 = r2[:, None] if isinstance(r2, Tensor) and r2.ndim == 1 else r2
-        denom = r2 * d + self.noise_std**2
-        inv = torch.where(denom > 0, 1.0 / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
-        if V is None:
-            return v * inv
-        return ((v @ V) * inv) @ V.T
+        s2 = self.noise_std**2
+        if self.inpainting:
+            d = self.mask.to(v.dtype)
+            return v * d / (r2 * d + s2) if s2 > 0 else v * d / r2
+        U, S, _, _ = self._svd()
+        inside = v @ U
+        out = (inside / (r2 * S * S + s2)) @ U.T
+        if s2 > 0:
+            out = out + (v - inside @ U.T) / s2
+        return out
 
     def project(self, xf: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """The nearest point to `x` with `A x = y` (`y` defaults to the observation): `x + A⁺ (y - A x)`."""
+        """The nearest point to `x` with `A x = y` (`y` defaults to the observation): `x + A⁺ (y - A x)`,
+        `A⁺ = W diag(1/S) Uᵀ`."""
         y = self.y if y is None else y
         if self.inpainting:
             return torch.where(self.mask, y, xf)
-        if self._pinv is None:
-            self._pinv = torch.linalg.pinv(self.A)
-        return xf + (y - self.apply(xf)) @ self._pinv.T
+        U, S, W, _ = self._svd()
+        return xf + (((y - self.apply(xf)) @ U) / S) @ W.T
 
     def noised(self, m, sigma, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """The observation carried to time `t` by the forward process, `m y + σ A z` (`z` standard normal

@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -82,3 +83,10 @@ def states_equal(a, b):
             assert torch.equal(a[k], b[k]), k
         else:
             assert a[k] == b[k], k
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a gloo process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,21 +3,15 @@ one process gives (blocks seeded from (seed, block), gathered in order by rank 0
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import tiny
+from conftest import free_port, tiny
 from scoresde.train import Trainer
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(args, nproc=None, cwd=None):
@@ -25,7 +19,7 @@ def _run(args, nproc=None, cwd=None):
     if nproc is None:
         cmd = [sys.executable, "-m", "scoresde"] + args
     else:  # torchrun, as the README writes it
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
                "-m", "scoresde"] + args
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

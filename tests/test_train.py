@@ -1,6 +1,5 @@
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from scoresde.config import TrainConfig
 from scoresde.train import CHECKPOINT, NonFiniteLossError, Trainer, load, train
 
 
-from conftest import states_equal as _states_equal, tiny  # noqa: E402
+from conftest import free_port, states_equal as _states_equal, tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -172,11 +171,6 @@ def test_short_ring_training_learns_the_density(tmp_path):
 # -- DDP: two gloo processes equal one process on the same global batch ------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -190,7 +184,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     import torch.multiprocessing as mp
 
     cfg = tiny(tmp_path, "ddp", steps=12, ckpt_every=12)
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(2, free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2, start_method="spawn")
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     single = Trainer(cfg.replace(out=str(tmp_path / "single")), progress=False)
