@@ -22,7 +22,7 @@ from torch import Tensor
 from ._utils import (check_batch, check_callable, check_choice, check_eps, check_generator, check_int, check_positive,
                      check_solver_dtype, check_tensor, event_dim)
 from .samplers import CountingScore
-from .samplers.ode import ProbabilityFlowField, check_method, solve_ode
+from .samplers.ode import DEFAULT_TIME, METHODS, ProbabilityFlowField, check_method, check_time, solve_ode
 from .sde import SDE
 
 __all__ = [
@@ -107,7 +107,7 @@ def _draw_probes(shape: Tuple[int, ...], noise: str, ref: Tensor, generator: Opt
 # -- validation and the solve -------------------------------------------------------
 
 
-def _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options, likelihood=True):
+def _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options, time="t"):
     """The checks `log_likelihood`, `encode` and `decode` share; returns `(rtol, atol, eps, options)`."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
@@ -115,13 +115,16 @@ def _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options, like
     check_batch(x, name)
     check_solver_dtype(x, name)
     check_method(method)
+    check_time(time)
+    if not METHODS[method]["adaptive"]:
+        time = "t"  # fixed grids (and a `step_size` option) are given in t, as for the ode sampler
     rtol, atol = check_positive(rtol, "rtol"), check_positive(atol, "atol")
     if eps is None:
         eps = sde.default_likelihood_eps
     eps = check_eps(eps, sde.T)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict of torchdiffeq solver options, got {type(options).__name__}")
-    return rtol, atol, eps, dict(options or {})
+    return rtol, atol, eps, dict(options or {}), time
 
 
 def log_likelihood(
@@ -138,6 +141,7 @@ def log_likelihood(
     generator: Optional[torch.Generator] = None,
     n_probes: int = 1,
     options: Optional[dict] = None,
+    time: str = DEFAULT_TIME,
 ) -> LikelihoodResult:
     """`log p_eps(x) = log p_T(x(T)) + ∫_eps^T ∇·[f - ½ g² s](x(t), t) dt` along the probability-flow ODE, in nats.
 
@@ -153,13 +157,18 @@ def log_likelihood(
     the time of VP's noise level at 1e-5). `nfe` counts score evaluations.
     Memory does not grow with the solver steps.
 
+    `time` is the variable the solver steps in: `"t"`, or the noise level
+    `σ̃ = σ/m` as `"sigma"`, `"cbrt_sigma"` (σ̃^{1/3}) or `"log_sigma"` (-λ), for
+    linear SDEs, with adaptive methods (fixed-grid methods step in t; see
+    `benchmarks/likelihood_time.py` for what each costs at equal error).
+
     `logp` uses `sde.prior_logp` for `log p_T`. The SDE's prior is built for
     zero-mean data; data with mean `μ` adds roughly `m(T)·zᵀμ/s²` (prior std `s`)
     nats of bias — ~1e-5 nats/dim for the centred toy sets, ~1e-3 for the
     uncentred 10-D test mixture on VE. `z` and `delta_logp` are returned so a
     caller with a better `log p_T` can use it instead.
     """
-    rtol, atol, eps, options = _check_common(sde, score_fn, x, "x", method, rtol, atol, eps, options)
+    rtol, atol, eps, options, time = _check_common(sde, score_fn, x, "x", method, rtol, atol, eps, options, time)
     check_choice(divergence, "divergence", DIVERGENCES)
     check_choice(noise, "noise", NOISES)
     n_probes = check_int(n_probes, "n_probes")
@@ -171,11 +180,11 @@ def log_likelihood(
     x = x.detach()
     counted = CountingScore(score_fn)
     if divergence == "exact":
-        field = ProbabilityFlowField(sde, counted, B, _exact_divergence)
+        field = ProbabilityFlowField(sde, counted, B, _exact_divergence, time=time)
         delta0 = torch.zeros(B, device=x.device, dtype=x.dtype)
     else:
         probes = _draw_probes((n_probes,) + tuple(x.shape), noise, x, generator)
-        field = ProbabilityFlowField(sde, counted, B, lambda v, xx: _hutchinson_divergence(v, xx, probes))
+        field = ProbabilityFlowField(sde, counted, B, lambda v, xx: _hutchinson_divergence(v, xx, probes), time=time)
         delta0 = torch.zeros(n_probes, B, device=x.device, dtype=x.dtype)
     z, delta = solve_ode(field, (x, delta0), eps, sde.T, x, method=method, rtol=rtol, atol=atol, options=options)
     prior = sde._prior_logp(z)
@@ -187,10 +196,11 @@ def log_likelihood(
 
 
 def _flow(sde, score_fn, x, name: str, forward: bool, *, method: str = "dopri5", rtol: float = 1e-5,
-          atol: float = 1e-5, eps: Optional[float] = None, options: Optional[dict] = None) -> Tensor:
-    rtol, atol, eps, options = _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options)
+          atol: float = 1e-5, eps: Optional[float] = None, options: Optional[dict] = None,
+          time: str = DEFAULT_TIME) -> Tensor:
+    rtol, atol, eps, options, time = _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options, time)
     t0, t1 = (eps, sde.T) if forward else (sde.T, eps)
-    field = ProbabilityFlowField(sde, CountingScore(score_fn), x.shape[0])
+    field = ProbabilityFlowField(sde, CountingScore(score_fn), x.shape[0], time=time)
     return solve_ode(field, x.detach(), t0, t1, x, method=method, rtol=rtol, atol=atol, options=options)
 
 
@@ -198,7 +208,7 @@ def encode(sde: SDE, score_fn: ScoreFn, x: Tensor, **ode_options) -> Tensor:
     """`x(eps) -> x(T)`: the probability-flow ODE `dx/dt = f - ½ g² s` integrated forward (no gradients kept).
 
     `ode_options`: `method="dopri5"`, `rtol=1e-5`, `atol=1e-5`, `eps=None` (`sde.default_likelihood_eps`),
-    `options` (torchdiffeq's), as for `log_likelihood`."""
+    `options` (torchdiffeq's), `time`, as for `log_likelihood`."""
     return _flow(sde, score_fn, x, "x", True, **ode_options)
 
 

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from .base import Sampler
 from .timesteps import TimestepSpec
 
-__all__ = ["ODESampler", "ProbabilityFlowField", "solve_ode", "METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS"]
+__all__ = ["ODESampler", "ProbabilityFlowField", "solve_ode", "METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS",
+           "TIME_VARIABLES", "check_time"]
 
 
 def _method_table() -> Dict[str, dict]:
@@ -44,6 +45,8 @@ def _method_table() -> Dict[str, dict]:
 METHODS = _method_table()
 ADAPTIVE_METHODS = tuple(k for k, v in METHODS.items() if v["adaptive"])
 FIXED_METHODS = tuple(k for k, v in METHODS.items() if not v["adaptive"])
+# The variable adaptive solves step in (see ProbabilityFlowField; chosen in benchmarks/likelihood_time.py).
+DEFAULT_TIME = "cbrt_sigma"
 # Fixed-grid methods integrate on this many uniform steps when nothing else says how many.
 DEFAULT_FIXED_STEPS = 100
 
@@ -54,34 +57,80 @@ def check_method(method: object) -> str:
     return method
 
 
-class ProbabilityFlowField(torch.nn.Module):
-    """torchdiffeq's `func(t, state)` for the probability-flow ODE `v = f - ½ g² s`.
+TIME_VARIABLES = ("t", "sigma", "cbrt_sigma", "log_sigma")
 
-    `divergence=None`: state `x`, returns `v`. Otherwise state `(x, Δ)` and `dΔ/dt = divergence(v, x)` (exact
-    trace or Hutchinson probes, from `scoresde.likelihood`), the autograd graph built on a detached leaf and
+
+class ProbabilityFlowField(torch.nn.Module):
+    """torchdiffeq's `func(u, state)` for the probability-flow ODE `dx/du = (f - ½ g² s) dt/du`.
+
+    `divergence=None`: state `x`, returns the velocity. Otherwise state `(x, Δ)` and `dΔ/du = divergence(v, x)`
+    (exact trace or Hutchinson probes, from `scoresde.likelihood`), the autograd graph built on a detached leaf and
     freed within the call. torchdiffeq integrates decreasing time grids itself, so the field is used as is
-    (negating it too would run the ODE the wrong way)."""
+    (negating it too would run the ODE the wrong way).
+
+    `time` is the variable the solver steps in (a linear SDE's noise level `σ̃ = σ/m = e^{-λ}`): `"t"` itself,
+    `"sigma"` (u = σ̃), `"cbrt_sigma"` (u = σ̃^{1/3}) or `"log_sigma"` (u = log σ̃ = -λ); then
+    `dt/du = (2σ²/g²)·dρ/du`, ρ = log σ̃. Any smooth monotone change of variable leaves the ODE's solution (and
+    `∫ ∇·v`) unchanged; it changes how smooth the field is where the solver must step. A trained network's score
+    error `δ/σ` at small σ enters the t-time field as `g²δ/(2σ)`, which is what makes t-time solves of trained
+    models stiff near the data; in σ̃-time it enters as `σ̃δ`-sized terms."""
 
     def __init__(self, sde, score_fn, batch: int, divergence: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
-                 progress: Optional[tqdm] = None):
+                 progress: Optional[tqdm] = None, time: str = "t"):
         super().__init__()
+        check_time(time)
+        if time != "t" and not hasattr(sde, "t_from_half_log_snr"):
+            time = "t"  # a general SDE has no noise level to step in
+        self.sde, self.time = sde, time
+        self.u_range: Optional[tuple] = None  # set by solve_ode: the interval being integrated
         self.flow = sde.reverse(score_fn, probability_flow=True)
         self.batch, self.divergence, self.progress = batch, divergence, progress
 
-    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+    # -- the change of variable: u <-> t --------------------------------------------------------------
+
+    def to_u(self, t: Tensor) -> Tensor:
+        """The solver's variable at the times `t` (a tensor)."""
+        if self.time == "t":
+            return t
+        rho = -self.sde._half_log_snr(t)
+        return {"sigma": rho.exp(), "cbrt_sigma": (rho / 3).exp(), "log_sigma": rho}[self.time]
+
+    def _t_and_rate(self, u: Tensor):
+        """`(t, dt/du)` at the solver's `u` (0-d or (1,) tensor)."""
+        if self.time == "t":
+            return u, None
+        u = u.reshape(1)
+        if self.u_range is not None:
+            # torchdiffeq's initial-step probe may look past the end point (u < 0 has no noise level).
+            u = u.clamp(*self.u_range)
+        rho, drho = {"sigma": (u.log(), 1 / u), "cbrt_sigma": (3 * u.log(), 3 / u),
+                     "log_sigma": (u, torch.ones_like(u))}[self.time]
+        t = self.sde.t_from_half_log_snr(-rho)
+        s = self.sde._schedule(t)
+        return t, 2 * s.sigma**2 / s.g2 * drho
+
+    def velocity(self, x: Tensor, u: Tensor) -> Tensor:
         if self.progress is not None:
             self.progress.update(1)
-        return self.flow._drift(x, t.to(x.dtype).expand(self.batch))
+        t, rate = self._t_and_rate(u)
+        v = self.flow._drift(x, t.to(x.dtype).expand(self.batch))
+        return v if rate is None else v * rate.to(x.dtype)
 
-    def forward(self, t: Tensor, state):
+    def forward(self, u: Tensor, state):
         if self.divergence is None:
             with torch.no_grad():
-                return self.velocity(state, t)
+                return self.velocity(state, u)
         with torch.enable_grad():
             x = state[0].detach().requires_grad_(True)
-            v = self.velocity(x, t)
+            v = self.velocity(x, u)
             div = self.divergence(v, x)
         return v.detach(), div.detach()
+
+
+def check_time(time: object) -> str:
+    if time not in TIME_VARIABLES:
+        raise ValueError(f"time must be one of {', '.join(TIME_VARIABLES)}, got {time!r}")
+    return time
 
 
 def solve_ode(field: ProbabilityFlowField, state, t0: float, t1: float, ref: Tensor, *, method: str = "dopri5",
@@ -94,7 +143,11 @@ def solve_ode(field: ProbabilityFlowField, state, t0: float, t1: float, ref: Ten
     from torchdiffeq import odeint
 
     options = dict(options or {})
-    t = torch.tensor([t0, t1], device=ref.device, dtype=ref.dtype)
+    # In float64 for the change of variable: σ̃ at eps is ~1e-3, and its cube root or log must land on eps again.
+    t = field.to_u(torch.tensor([t0, t1], device=ref.device, dtype=torch.float64)).to(ref.dtype)
+    if grid is not None:
+        grid = field.to_u(grid.to(torch.float64)).to(ref.dtype)
+    field.u_range = (t.min(), t.max())
     if METHODS[method]["adaptive"]:
         # Land exactly on the end point: stepping past it evaluates the field outside [0, T]
         # (t < 0 is NaN for VP; t > T is NaN for the cosine schedule) -> "underflow in dt".
@@ -102,7 +155,7 @@ def solve_ode(field: ProbabilityFlowField, state, t0: float, t1: float, ref: Ten
     elif grid is not None:
         options.setdefault("grid_constructor", lambda f, y0, tt: grid)
     elif "step_size" not in options and "grid_constructor" not in options:
-        options["step_size"] = abs(t1 - t0) / DEFAULT_FIXED_STEPS
+        options["step_size"] = float((t[1] - t[0]).abs()) / DEFAULT_FIXED_STEPS
     try:
         out = odeint(field, state, t, rtol=rtol, atol=atol, method=method, options=options)
     except AssertionError as e:
@@ -118,7 +171,8 @@ class ODESampler(Sampler):
     """Probability-flow ODE through `torchdiffeq.odeint` (Song et al. 2021, sec. 4.3). Any torchdiffeq method:
 
     - adaptive (`dopri5` default, `dopri8`, `bosh3`, `fehlberg2`, `adaptive_heun`): `rtol`/`atol`, `steps` ignored,
-      one whole `odeint` call (NFE ≈ 6 per accepted dopri5 step; `nfe_per_step` None);
+      one whole `odeint` call (NFE ≈ 6 per accepted dopri5 step; `nfe_per_step` None), stepping in `time`
+      (`ProbabilityFlowField`'s variables: t or the noise level σ̃; the one-step methods always step the t-grid);
     - one-step fixed-grid (`euler` 1, `midpoint`/`heun2` 2, `heun3` 3, `rk4` 4 NFE per step, orders equal to NFE),
       stepped on the `timesteps` grid interval by interval;
     - Adams multistep (`explicit_adams`, `implicit_adams`, `fixed_adams`): one whole call on the grid (an RK4 warm
@@ -128,8 +182,9 @@ class ODESampler(Sampler):
     stochastic = False
 
     def __init__(self, method: str = "dopri5", *, rtol: float = 1e-5, atol: float = 1e-5,
-                 timesteps: TimestepSpec = "auto", options: Optional[dict] = None):
+                 timesteps: TimestepSpec = "auto", options: Optional[dict] = None, time: str = DEFAULT_TIME):
         check_method(method)
+        self.time = check_time(time)
         for name, v in (("rtol", rtol), ("atol", atol)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -146,7 +201,8 @@ class ODESampler(Sampler):
     def solve(self, sde, score_fn, x, ts, progress):
         bar = tqdm(desc=f"ode ({self.method})", unit="nfe", leave=False) if progress else None
         try:
-            field = ProbabilityFlowField(sde, score_fn, x.shape[0], progress=bar)
+            # Whole solves step in `time`; the one-step methods below step the sampler's own t-grid.
+            field = ProbabilityFlowField(sde, score_fn, x.shape[0], progress=bar, time=self.time if self.adaptive else "t")
             return solve_ode(field, x, float(ts[0]), float(ts[-1]), x, method=self.method, rtol=self.rtol,
                              atol=self.atol, options=self.options, grid=None if self.adaptive else ts)
         finally:
