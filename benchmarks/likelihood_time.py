@@ -165,7 +165,9 @@ def main(argv=None) -> int:
     network_cases(args.ckpt, args.data, args.quick, rows, curves)
     meta = {"machine": machine_note("cpu"), "eps": EPS, "tols": TOLS, "quick": args.quick,
             "command": "python -m benchmarks.likelihood_time" + (" --quick" if args.quick else "")
-            + "".join(f" --ckpt {c}" for c in args.ckpt)}
+            + "".join(f" --ckpt {c}" for c in args.ckpt),
+            # every (NFE, error) point, so the plot can be redrawn and other error levels compared
+            "curves": {name: {v: pts for v, pts in cs.items()} for name, cs in curves.items()}}
     table = write_results(out, "likelihood_time", rows, meta)
     plot(curves, out / "likelihood_time.png")
     print(f"\n{table}\nwrote {out}/likelihood_time.{{md,csv,json}} and likelihood_time.png in {time.perf_counter() - t0:.0f} s")
