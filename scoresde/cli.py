@@ -539,8 +539,8 @@ def _discretisation(args: argparse.Namespace, data, n: int):
                             "(and --data-range LO,HI, default -1,1)")
         if args.data_range is not None:
             raise UserError("--data-range applies with --levels (the data's discretisation)")
-        values = torch.unique(x)
-        if len(values) <= 256 and len(values) * 4 <= x.numel():
+        values = torch.unique(data.test)  # the whole split: a few points always look discrete
+        if len(values) <= 256 and len(values) * 4 <= data.test.numel():
             print(f"note: --data takes only {len(values)} distinct values in [{float(values[0]):g}, {float(values[-1]):g}]; "
                   "if it is discrete, give --levels L --data-range LO,HI for bits/dim on the discrete scale "
                   "(this is the density of the values as given)", file=sys.stderr)
