@@ -69,7 +69,8 @@ class DiscreteLikelihoodResult:
     error over the data points (each point's estimate carries its own draw of the
     dequantisation noise and Hutchinson probes, so the spread includes both).
     `log_weights[:, j] = log p(y_j) - log q(y_j | k)`: any `k` of them give the
-    `k`-sample bound by log-mean-exp."""
+    `k`-sample bound by log-mean-exp, and `logp` is that over all `K` (except the
+    truncated normal with `K = 1`, whose `logp` takes `q`'s entropy in closed form)."""
 
     logp: Tensor  # (B,) nats
     bpd: Tensor  # (B,)

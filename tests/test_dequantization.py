@@ -146,6 +146,7 @@ def test_truncated_normal_at_small_tau_is_loose_for_a_smooth_density():
     tn = discrete_bits_per_dim(sde, mix.score_fn(sde), x, dequantization="truncated-normal", **kw)
     uni = discrete_bits_per_dim(sde, mix.score_fn(sde), x, **kw)
     m = float(sde.marginal_coefs(torch.tensor([eps], dtype=F64))[0][0])
+    assert torch.equal(uni.logp, uni.log_weights[:, 0])  # K = 1: the one draw's log p(y) + D log w
     assert (tn.logp < bin_log_prob(mix, sde, k, lo, w, eps, m)).all()
     assert (tn.logp < uni.logp - 2.0).all()
 
@@ -190,3 +191,14 @@ def test_grid_and_argument_errors():
         call(grid, eps=0.0)
     with pytest.raises(TypeError):
         call(grid, bogus_option=1)
+
+
+@pytest.mark.parametrize("dequantization", ["uniform", "truncated-normal"])
+def test_runs_on_the_data_device(device, dequantization):
+    sde, mix, (L, lo, hi) = scoresde.VPSDE(), smooth_mixture(2), (8, -2.0, 2.0)
+    _, x = quantised(mix, 3, L, lo, hi)
+    res = discrete_bits_per_dim(sde, mix.score_fn(sde), x.float().to(device), levels=L, data_range=(lo, hi),
+                                dequantization=dequantization, samples=2, rtol=1e-3, atol=1e-3,
+                                generator=torch.Generator(device=device).manual_seed(0))
+    assert res.logp.device.type == torch.device(device).type and res.log_weights.shape == (3, 2)
+    assert torch.isfinite(res.bpd).all()
