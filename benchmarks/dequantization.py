@@ -8,8 +8,9 @@ discrete model made from the same score model: the uniform rows on the bins
 B_k of p_eps, the truncated-normal rows at time τ on the bins m(τ) B_k of p_τ
 (i-DODE's), so a lower bits/dim is a better bound or a better discrete model.
 Differences are paired over the same points. The truncated normal is evaluated
-at τ = eps (the ODE's start, i-DODE's choice) and at the τ where its
-truncation a = m (w/2)/σ is 3 or √3 (noise of the bin's own width).
+at τ = eps (the ODE's start; i-DODE starts at its model's smallest time) and
+at the τ where its truncation a = m (w/2)/σ is 3 (what i-DODE's smallest time
+gives on CIFAR-10's 256 levels) or √3 (noise std of the uniform's, w/√12).
 
     python -m scoresde train --data digits --net mlp --steps 8000 --batch-size 128 --out runs/digits-mlp
     python -m benchmarks.dequantization --ckpt runs/digits-mlp [--n 180] [--samples 8] [--probes 16] [--out DIR]
@@ -27,11 +28,6 @@ import torch  # noqa: E402  (after _common pinned the BLAS threads)
 
 import scoresde  # noqa: E402
 from scoresde.data import load_data  # noqa: E402
-
-
-def _tau_at(sde, w: float, a: float) -> float:
-    """The time at which the truncated normal's half-width a = m (w/2)/σ, i.e. σ/m = w/(2a)."""
-    return float(sde.t_from_half_log_snr(torch.tensor([math.log(2 * a / w)], dtype=torch.float64))[0])
 
 
 def main(argv=None) -> int:
@@ -58,9 +54,9 @@ def main(argv=None) -> int:
     # point with one probe on this model), so every row averages P probes per row (variance / P).
     configs = [
         ("uniform", eps, "uniform"),
-        ("truncated-normal", eps, "truncated normal, τ = eps (i-DODE's choice)"),
-        ("truncated-normal", _tau_at(sde, w, 3.0), "truncated normal, τ at a = 3"),
-        ("truncated-normal", _tau_at(sde, w, math.sqrt(3)), "truncated normal, τ at a = √3"),
+        ("truncated-normal", eps, "truncated normal, τ = eps (the ODE's start)"),
+        ("truncated-normal", scoresde.truncated_normal_time(sde, levels, (-1, 1), 3.0), "truncated normal, a = 3 (i-DODE's CIFAR-10 a)"),
+        ("truncated-normal", scoresde.truncated_normal_time(sde, levels, (-1, 1), math.sqrt(3)), "truncated normal, a = √3"),
     ]
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= K and K % k == 0]
     print(f"# digits: {len(codes)} test points, {levels} levels, D={D}, K={K}, {P} probes; {machine_note(device)}", flush=True)

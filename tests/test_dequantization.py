@@ -110,7 +110,9 @@ def test_truncated_normal_is_tight_for_a_model_of_discrete_data():
     means = torch.cartesian_prod(centres, centres)
     probs = torch.rand(L * L, generator=torch.Generator().manual_seed(0), dtype=F64) + 0.2
     mix = scoresde.GaussianMixture(probs / probs.sum(), means, torch.full((L * L, 2), (0.002 * w) ** 2, dtype=F64))
-    tau = float(sde.t_from_half_log_snr(torch.tensor([math.log(6 / w)], dtype=F64))[0])  # σ/m = w/6
+    tau = scoresde.truncated_normal_time(sde, L, (lo, hi), a=3.0)
+    m, s = (float(v[0]) for v in sde.marginal_coefs(torch.tensor([tau], dtype=F64)))
+    assert m * (w / 2) / s == pytest.approx(3.0, rel=1e-6)
     k = torch.cartesian_prod(torch.arange(L, dtype=F64), torch.arange(L, dtype=F64))[::3]  # 6 of the 16 cells
     x = lo + (hi - lo) * k / (L - 1)
     kw = dict(levels=L, data_range=(lo, hi), eps=tau, **EXACT)
@@ -191,6 +193,8 @@ def test_grid_and_argument_errors():
         call(grid, eps=0.0)
     with pytest.raises(TypeError):
         call(grid, bogus_option=1)
+    with pytest.raises(ValueError, match="a must be"):
+        scoresde.truncated_normal_time(sde, 5, a=0.0)
 
 
 @pytest.mark.parametrize("dequantization", ["uniform", "truncated-normal"])
