@@ -583,6 +583,11 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     from .distributed import Ranks, block_generator, blocks
 
     cuts = blocks(len(x), args.batch_size)
+    from .dequantization import TN_DEFAULT_A, truncated_normal_time
+
+    # the ODE's start; for the truncated normal the τ of its default half-width a = 3 (i-DODE's regime), on any grid
+    tau = None if deq == "none" else (truncated_normal_time(sde, levels, data_range, TN_DEFAULT_A)
+                                      if deq == "truncated-normal" else sde.default_likelihood_eps)
     with Ranks(device) as ranks:
         mine = []
         todo = ranks.mine(len(cuts))
@@ -594,7 +599,7 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
                 mine.append((bits_per_dim(res.logp, x.shape[1:]).cpu(), res.nfe))
             else:  # -log2 P(k)/D on the discrete scale; the block's K draws of every point in one solve
                 res = discrete_bits_per_dim(sde, model, x[cuts[b]], levels=levels, data_range=data_range, dequantization=deq,
-                                            samples=args.dequant_samples, divergence=divergence, generator=g)
+                                            samples=args.dequant_samples, divergence=divergence, eps=tau, generator=g)
                 mine.append((res.bpd.cpu(), res.nfe))
         done = ranks.gather(mine, len(cuts))
         if done is None:
@@ -604,13 +609,13 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     mean, se = float(bpd.mean()), float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     result = {"bits_per_dim": mean, "stderr": se, "n": len(bpd), "nfe": nfe, "divergence": divergence,
               "dequantization": deq, "levels": levels, "data_range": list(data_range) if data_range else None,
-              "dequant_samples": args.dequant_samples if deq != "none" else None}
+              "dequant_samples": args.dequant_samples if deq != "none" else None, "eps": tau}
     if args.json:
         print(json.dumps(result))
     else:
         scale = ("continuous scale: the density of the data as given" if deq == "none" else
                  f"discrete scale: {levels} levels over [{data_range[0]:g}, {data_range[1]:g}], {deq} dequantisation, "
-                 f"K={args.dequant_samples}")
+                 f"K={args.dequant_samples}, τ={tau:.3g}")
         print(f"bits/dim = {mean:.4f} ± {se:.4f} (n={len(bpd)}, {nfe} score evaluations, {divergence} divergence; {scale})")
     return 0
 

@@ -36,8 +36,8 @@ bound of Burda et al. 2016 for `K > 1`, which rises with `K` in expectation to
   The paper's CIFAR-10 setting (256 levels, the model's smallest time
   `γ_min = -13.3`, `σ ≈ 1.3e-3`) has `a ≈ 3.0`; for coarse data the bins are
   wider and `τ = 1e-5` gives a much larger `a` (≈ 59 for the 17-level digits).
-  `truncated_normal_time(sde, levels, data_range, a=3.0)` is the `τ` of a given
-  `a`, to pass as `eps`.
+  So `eps=None` here means the `τ` of `a = 3` (`truncated_normal_time`), the
+  paper's regime on any grid; an explicit `eps` is used as given.
 
 A model trained on uniformly dequantised data (the trainer's default for
 quantised data) has a density spread over each whole bin; there the uniform
@@ -63,6 +63,9 @@ DEQUANTIZATIONS = ("uniform", "truncated-normal")
 # Grid check: a value may sit this fraction of one grid step off its grid point (float32 round-off of
 # 2k/255 - 1 is ~1e-7 of a step; real off-grid data, such as dequantised data, is off by up to half a step).
 _GRID_TOL = 1e-3
+# The truncated normal's default half-width in noise stds: what i-DODE's CIFAR-10 setting has (256 levels over
+# [-1, 1] at γ_min = -13.3). A width, not a clock time, so it means the same on every grid and SDE.
+TN_DEFAULT_A = 3.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ def discrete_codes(x: Tensor, levels: int, data_range: Tuple[float, float] = (-1
     return k.long()
 
 
-def truncated_normal_time(sde: SDE, levels: int, data_range: Tuple[float, float] = (-1.0, 1.0), a: float = 3.0) -> float:
+def truncated_normal_time(sde: SDE, levels: int, data_range: Tuple[float, float] = (-1.0, 1.0),
+                          a: float = TN_DEFAULT_A) -> float:
     """The time `τ` at which the truncated normal's half-width `a = m(τ) (w/2)/σ(τ)`, `w = (hi - lo)/levels`: `σ/m = w/(2a)`.
 
     `a = 3` is i-DODE's CIFAR-10 setting; pass the result as `eps` to
@@ -206,7 +210,9 @@ def discrete_bits_per_dim(
     `K`: the `K` draws of every point go through one batched solve of `B·K` rows.
     `likelihood_options` go to `log_likelihood` (`divergence`, `noise`,
     `method`, `rtol`, `atol`, `eps`, `n_probes`, `options`); `eps` is also the
-    truncated normal's time `τ`. Noise and probes come from `generator`.
+    truncated normal's time `τ` (`None`: `sde.default_likelihood_eps` for uniform,
+    `truncated_normal_time(sde, levels, data_range, a=3)` for the truncated
+    normal). Noise and probes come from `generator`.
     With `divergence="hutchinson"` and `K > 1`, the bound holds up to the
     probes' noise (`exp` of an unbiased `log p` estimate is biased up by about
     half its variance); `divergence="exact"` keeps it a bound."""
@@ -222,7 +228,10 @@ def discrete_bits_per_dim(
     if "generator" in likelihood_options:
         raise TypeError("pass generator once, as discrete_bits_per_dim's own argument")
     eps = likelihood_options.pop("eps", None)
-    eps = check_eps(sde.default_likelihood_eps if eps is None else eps, sde.T)
+    if eps is None:
+        tn = dequantization == "truncated-normal"
+        eps = truncated_normal_time(sde, levels, (lo, hi), TN_DEFAULT_A) if tn else sde.default_likelihood_eps
+    eps = check_eps(eps, sde.T)
 
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     k = codes.to(dtype)

@@ -205,4 +205,7 @@ def test_runs_on_the_data_device(device, dequantization):
                                 dequantization=dequantization, samples=2, rtol=1e-3, atol=1e-3,
                                 generator=torch.Generator(device=device).manual_seed(0))
     assert res.logp.device.type == torch.device(device).type and res.log_weights.shape == (3, 2)
+    # eps=None: the ODE's default start for uniform; for the truncated normal the τ of a = 3, whatever the grid
+    tau = scoresde.truncated_normal_time(sde, L, (lo, hi), 3.0) if dequantization != "uniform" else sde.default_likelihood_eps
+    assert res.eps == tau
     assert torch.isfinite(res.bpd).all()
