@@ -22,6 +22,7 @@ from .samplers import (
     DPMSolver,
 )
 from .likelihood import LikelihoodResult, log_likelihood, encode, decode, bits_per_dim, dequantize, dequantization_offset
+from .dequantization import DiscreteLikelihoodResult, discrete_bits_per_dim, discrete_codes, truncated_normal_time
 from .model import Classifier, ScoreModel
 from .observation import Observation, Inpainting
 from .losses import dsm_loss
@@ -41,6 +42,7 @@ __all__ = [
     "LangevinCorrector", "AnnealedLangevin", "SDESampler", "ODESampler", "DPMSolver",
     # likelihood
     "LikelihoodResult", "log_likelihood", "encode", "decode", "bits_per_dim", "dequantize", "dequantization_offset",
+    "DiscreteLikelihoodResult", "discrete_bits_per_dim", "discrete_codes", "truncated_normal_time",
     # conditioning
     "Observation", "Inpainting", "guidance", "conditioning",
     # training

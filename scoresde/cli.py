@@ -501,12 +501,68 @@ def _atomic_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def _data_range(s: str) -> tuple:
+    try:
+        lo, hi = (float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {s!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise argparse.ArgumentTypeError(f"expected LO,HI with LO < HI, got {s!r}")
+    return lo, hi
+
+
+def _discretisation(args: argparse.Namespace, data, n: int):
+    """`(x, levels, data_range, dequantization)` for `likelihood`: the data's grid is never guessed.
+
+    Quantised data (digits, 8-bit arrays and images) has its levels and range from the loader: the integer codes of
+    the test split go to `discrete_bits_per_dim`, and a contradicting `--levels`/`--data-range` is an error. Other
+    data is continuous unless `--levels` says otherwise (then it must lie on that grid)."""
+    import torch
+
+    deq = args.dequantization
+    if data.step is not None and data.test_raw is not None:
+        levels, rng = int(round(2.0 / data.step)), (-1.0, 1.0)
+        if args.levels is not None and args.levels != levels:
+            raise UserError(f"--levels {args.levels}: --data {args.data} has {levels} levels per value (the loader "
+                            f"quantises it so); leave --levels out")
+        if args.data_range is not None and tuple(args.data_range) != rng:
+            raise UserError(f"--data-range {args.data_range[0]:g},{args.data_range[1]:g}: --data {args.data} is mapped to "
+                            f"[-1, 1] by the loader; leave --data-range out")
+        if deq == "none":  # the density of the loader's fixed-seed dequantised test split, on the continuous scale
+            return data.test[:n], None, None, "none"
+        codes = torch.round((data.test_raw[:n] - rng[0]) / data.step).long()
+        return codes, levels, rng, "uniform" if deq == "auto" else deq
+    x = data.test[:n]
+    if args.levels is None:
+        if deq not in ("auto", "none"):
+            raise UserError(f"--dequantization {deq} needs the data's discretisation: give --levels L "
+                            "(and --data-range LO,HI, default -1,1)")
+        if args.data_range is not None:
+            raise UserError("--data-range applies with --levels (the data's discretisation)")
+        values = torch.unique(data.test)  # the whole split: a few points always look discrete
+        if len(values) <= 256 and len(values) * 4 <= data.test.numel():
+            print(f"note: --data takes only {len(values)} distinct values in [{float(values[0]):g}, {float(values[-1]):g}]; "
+                  "if it is discrete, give --levels L --data-range LO,HI for bits/dim on the discrete scale "
+                  "(this is the density of the values as given)", file=sys.stderr)
+        return x, None, None, "none"
+    if deq == "none":
+        raise UserError("--levels with --dequantization none: the discrete scale needs uniform or truncated-normal")
+    rng = tuple(args.data_range) if args.data_range is not None else (-1.0, 1.0)
+    from .dequantization import discrete_codes
+
+    try:
+        discrete_codes(x, args.levels, rng)
+    except ValueError as e:
+        raise UserError(f"--levels {args.levels} --data-range {rng[0]:g},{rng[1]:g}: {e}") from None
+    return x, args.levels, rng, "uniform" if deq == "auto" else deq
+
+
 def cmd_likelihood(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from . import bits_per_dim, load, log_likelihood
-    from .data import load_dataset
+    from . import bits_per_dim, discrete_bits_per_dim, load, log_likelihood
+    from .data import load_data
 
     device = _check_device(args.device or _default_device())
     model, sde = load(args.ckpt, device=device)
@@ -514,34 +570,53 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
 
     if isinstance(model, Classifier):
         raise UserError(f"--ckpt {args.ckpt} is a classifier run (train --classifier): it has no likelihood; give a score model")
-    _, test = load_dataset(args.data)
+    data = load_data(args.data)
     divergence = args.divergence
     if divergence == "auto":  # exact costs D score-Jacobian rows; for small D that is cheaper than noisy probes
         divergence = "exact" if math.prod(model.event_shape) <= EXACT_MAX_DIM else "hutchinson"
-    x = test[: args.n].to(device)
+    x, levels, data_range, deq = _discretisation(args, data, args.n)
+    x = x.to(device)
     if tuple(x.shape[1:]) != tuple(model.event_shape):
         raise UserError(f"--data samples have shape {tuple(x.shape[1:])}, the model expects {tuple(model.event_shape)}")
+    if deq == "none" and args.dequant_samples != 1:
+        raise UserError("--dequant-samples applies to discrete data (uniform or truncated-normal dequantisation)")
     from .distributed import Ranks, block_generator, blocks
 
     cuts = blocks(len(x), args.batch_size)
+    from .dequantization import TN_DEFAULT_A, truncated_normal_time
+
+    # the ODE's start; for the truncated normal the τ of its default half-width a = 3 (i-DODE's regime), on any grid
+    tau = None if deq == "none" else (truncated_normal_time(sde, levels, data_range, TN_DEFAULT_A)
+                                      if deq == "truncated-normal" else sde.default_likelihood_eps)
     with Ranks(device) as ranks:
         mine = []
         todo = ranks.mine(len(cuts))
         for b in tqdm(todo, desc="likelihood", unit="batch", disable=args.no_progress or len(todo) <= 1):
-            # block b's Hutchinson probes from (seed, b): any number of torchrun processes gives the same numbers
-            res = log_likelihood(sde, model, x[cuts[b]], divergence=divergence, generator=block_generator(args.seed, b, device))
-            mine.append((bits_per_dim(res.logp, x.shape[1:]).cpu(), res.nfe))
+            # block b's noise and probes from (seed, b): any number of torchrun processes gives the same numbers
+            g = block_generator(args.seed, b, device)
+            if deq == "none":
+                res = log_likelihood(sde, model, x[cuts[b]], divergence=divergence, generator=g)
+                mine.append((bits_per_dim(res.logp, x.shape[1:]).cpu(), res.nfe))
+            else:  # -log2 P(k)/D on the discrete scale; the block's K draws of every point in one solve
+                res = discrete_bits_per_dim(sde, model, x[cuts[b]], levels=levels, data_range=data_range, dequantization=deq,
+                                            samples=args.dequant_samples, divergence=divergence, eps=tau, generator=g)
+                mine.append((res.bpd.cpu(), res.nfe))
         done = ranks.gather(mine, len(cuts))
         if done is None:
             return 0
     bpd, nfe = [v for v, _ in done], sum(k for _, k in done)
     bpd = torch.cat(bpd).double().cpu()
     mean, se = float(bpd.mean()), float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
-    result = {"bits_per_dim": mean, "stderr": se, "n": len(bpd), "nfe": nfe, "divergence": divergence}
+    result = {"bits_per_dim": mean, "stderr": se, "n": len(bpd), "nfe": nfe, "divergence": divergence,
+              "dequantization": deq, "levels": levels, "data_range": list(data_range) if data_range else None,
+              "dequant_samples": args.dequant_samples if deq != "none" else None, "eps": tau}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"bits/dim = {mean:.4f} ± {se:.4f} (n={len(bpd)}, {nfe} score evaluations, {divergence} divergence)")
+        scale = ("continuous scale: the density of the data as given" if deq == "none" else
+                 f"discrete scale: {levels} levels over [{data_range[0]:g}, {data_range[1]:g}], {deq} dequantisation, "
+                 f"K={args.dequant_samples}, τ={tau:.3g}")
+        print(f"bits/dim = {mean:.4f} ± {se:.4f} (n={len(bpd)}, {nfe} score evaluations, {divergence} divergence; {scale})")
     return 0
 
 
@@ -685,6 +760,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="points per ODE solve; under torchrun the blocks are spread over the ranks")
     lk.add_argument("--divergence", choices=("auto", "exact", "hutchinson"), default="auto",
                     help=f"trace of the score Jacobian; auto is exact up to {EXACT_MAX_DIM} dimensions, Hutchinson's estimator above")
+    lk.add_argument("--levels", type=_positive_int, default=None,
+                    help="discrete values per dimension of the data, on the grid LO + (HI - LO) k/(levels - 1); known for "
+                         "digits (17) and 8-bit data (256): leave it out there")
+    lk.add_argument("--data-range", type=_data_range, default=None, dest="data_range", metavar="LO,HI",
+                    help="with --levels: the range the grid spans, and the bins of width (HI - LO)/levels tile "
+                         "(default: -1,1)")
+    lk.add_argument("--dequantization", choices=("auto", "uniform", "truncated-normal", "none"), default="auto",
+                    help="discrete data: bits/dim of P(bin) bounded with uniform noise, or i-DODE's truncated normal "
+                         "(Zheng et al. 2023); none: the density of the data as given; auto: uniform for discrete data "
+                         "(digits, 8-bit, --levels), none otherwise")
+    lk.add_argument("--dequant-samples", type=_positive_int, default=1, dest="dequant_samples", metavar="K",
+                    help="noise draws per point: K > 1 gives the importance-weighted bound log mean_j p/q (tighter; "
+                         "K times the rows per solve)")
     lk.add_argument("--json", action="store_true", help="print one JSON object")
     lk.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available else cpu)")
     lk.add_argument("--seed", type=int, default=0, help="random seed (Hutchinson probes)")

@@ -38,8 +38,8 @@ __all__ = ["Data", "MissingDependency", "load_data", "load_dataset", "toy_sample
 
 @dataclass(frozen=True)
 class Data:
-    """A train/test split. `train` is dequantised once like `test`; `train_raw` holds the bin left edges of
-    quantised data (`step` is the bin width in the [-1, 1] scale, None for continuous data)."""
+    """A train/test split. `train` is dequantised once like `test`; `train_raw` (and `test_raw`) hold the bin left
+    edges of quantised data (`step` is the bin width in the [-1, 1] scale, None for continuous data)."""
 
     train: Tensor
     test: Tensor
@@ -48,6 +48,7 @@ class Data:
     step: Optional[float] = None
     train_raw: Optional[Tensor] = None
     num_classes: int = 0
+    test_raw: Optional[Tensor] = None  # quantised data: the test split's bin left edges (its discrete values)
 
 
 # -- toy sets -----------------------------------------------------------------------
@@ -125,7 +126,7 @@ def _quantised(values: Tensor, levels: int, seed: int, test_fraction: float, lab
     step = 2.0 / levels
     g = torch.Generator().manual_seed(seed + 1)
     deq = lambda a: a + step * torch.rand(a.shape, generator=g)  # noqa: E731
-    return Data(deq(tr), deq(te), ytr, yte, step, tr, num_classes)
+    return Data(deq(tr), deq(te), ytr, yte, step, tr, num_classes, test_raw=te)
 
 
 def _digits(seed: int, test_fraction: float) -> Data:
