@@ -14,12 +14,7 @@ F64 = torch.float64
 EXACT = dict(divergence="exact", rtol=1e-6, atol=1e-6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # thousands of tiny ops: a second thread only contends
 
 
 def smooth_mixture(D):

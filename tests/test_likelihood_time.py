@@ -16,12 +16,7 @@ F64 = torch.float64
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # thousands of tiny ops: a second thread only contends
 
 
 def sdes():
