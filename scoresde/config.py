@@ -70,6 +70,11 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0: off)
     ema_decay: float = 0.995
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
+    # U-Net only: weights and batches in channels-last (NHWC) memory format. Off by default: on the CPU it does
+    # not pay (`python -m benchmarks.training --part unet`, README: GroupNorm's channels-last CPU kernel is ~4x
+    # slower, which eats the convolutions' gain); not measured on CUDA here. The MLP has no 4-D tensors.
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the network's forward (first steps compile: seconds to minutes)
     # run
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
