@@ -641,7 +641,10 @@ def _compiled(module: nn.Module):
     working compiler toolchain: that surfaces at the first call, so the trainer's first step would fail)."""
     if not hasattr(torch, "compile"):  # pragma: no cover - torch < 2.0
         raise ValueError("compile=True needs torch >= 2.0 (torch.compile)")
-    return torch.compile(module)
+    # dynamic=False: training batches all have one shape; a second shape (another data set through the same
+    # UNet.forward in one process) then recompiles for it, where marking it dynamic made inductor fail
+    # (InductorError on a symbolic shape, the U-Net benchmark's 3x32x32 case after its 8x8 one).
+    return torch.compile(module, dynamic=False)
 
 
 def _looks_like_images(event_shape: Tuple[int, ...], levels: int) -> bool:
