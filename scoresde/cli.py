@@ -82,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 TRAIN_FLAGS = ("data", "sde", "steps", "batch_size", "lr", "out", "device", "seed", "net", "parameterization", "ema_decay", "ckpt_every",
-               "class_conditional", "label_dropout", "classifier")
+               "class_conditional", "label_dropout", "classifier", "compile", "channels_last")
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "config.toml")
 
 
@@ -707,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--classifier", action="store_const", const=True, default=None,
                    help="train a time-conditioned classifier p_t(y | x) on noised data instead (for sample --classifier); "
                         "the run reports its test accuracy by noise level")
+    t.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the network's forward (the first steps compile: seconds to minutes; "
+                        "measured in the README)")
+    t.add_argument("--channels-last", action="store_const", const=True, default=None, dest="channels_last",
+                   help="U-Net: channels-last (NHWC) weights and batches (off by default: slower on the CPU, see the README)")
     t.add_argument("--config", default=None, help="TOML file with TrainConfig fields; flags given here override it")
     t.add_argument("--out", default=None, help="run folder: checkpoint, config, log, sample pictures (default: runs/<data>-<sde>)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

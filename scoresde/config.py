@@ -70,6 +70,12 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0: off)
     ema_decay: float = 0.995
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
+    # U-Net only: weights and batches in channels-last (NHWC) memory format. Off by default: mixed on the CPU
+    # (README; `benchmarks.training --part unet`: 0.91x the step time for the digits U-Net and a 3x32x32 one, but
+    # 1.1x for the default 32-channel U-Net at 8x8, where GroupNorm's channels-last CPU kernel took 4.5x longer);
+    # not measured on CUDA here. The MLP has no 4-D tensors: a no-op there.
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the network's forward (first steps compile: seconds to minutes)
     # run
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu

@@ -51,7 +51,7 @@ __all__ = ["TrainConfig", "Trainer", "train", "load", "classifier_summary", "CHE
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
 # Fields that may change when a run is resumed (they do not change what is computed).
-_RESUMABLE = {"steps", "device", "out", "log_every", "ckpt_every", "eval_every", "final_eval", "eval_samples", "eval_bpd", "eval_sampler", "eval_steps"}
+_RESUMABLE = {"steps", "device", "channels_last", "compile", "out", "log_every", "ckpt_every", "eval_every", "final_eval", "eval_samples", "eval_bpd", "eval_sampler", "eval_steps"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -213,6 +213,10 @@ class Trainer:
             kind, net_kwargs = _net_spec(c, self.event_shape, self.num_classes)
             net = build_net(kind, **net_kwargs)
             self.model = ScoreModel(net, self.sde, c.parameterization, sigma_data=sigma_data, event_shape=self.event_shape).to(self.device)
+        # Before the EMA copy and the optimiser: both then hold (and AdamW's fused kernel sees) channels-last tensors too.
+        self.channels_last = c.channels_last and kind == "unet"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         # EMA with warm-up (see `ema_warmup_decay`); checkpoints written before the warm-up existed carry no
         # "ema_schedule" and resume with the constant decay they were trained with.
         self.ema_schedule = "warmup" if ckpt is None else ckpt.get("ema_schedule", "constant")
@@ -228,6 +232,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # The compiled forward shares the model's parameters; checkpoints keep the plain module's state dict.
+        self._forward = _compiled(self.ddp) if c.compile else self.ddp
         fused = self.device.type in ("cuda", "cpu")
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=fused)
         self.amp = c.amp and self.device.type == "cuda"
@@ -308,11 +314,14 @@ class Trainer:
         b = c.batch_size // self.world_size
         sl = slice(self.rank * b, (self.rank + 1) * b)
         self._seed_dropout(_step_seed(c.seed, self.step, stream=2 + self.rank))
+        x0, noise = x0[sl], noise[sl]
+        if self.channels_last:  # what the convolutions read: no layout reorder in the first layer
+            x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
             if c.classifier:
-                loss = classifier_loss_per_sample(self.ddp, self.sde, x0[sl], labels[sl], t=t[sl], noise=noise[sl], eps=c.eps).mean()
+                loss = classifier_loss_per_sample(self._forward, self.sde, x0, labels[sl], t=t[sl], noise=noise, eps=c.eps).mean()
             else:
-                loss = dsm_loss_per_sample(self.ddp, self.sde, x0[sl], t=t[sl], noise=noise[sl], weighting=c.weighting,
+                loss = dsm_loss_per_sample(self._forward, self.sde, x0, t=t[sl], noise=noise, weighting=c.weighting,
                                            importance_sampling=c.importance_sampling, eps=c.eps,
                                            labels=None if labels is None else labels[sl]).mean()
         self.opt.zero_grad(set_to_none=True)
@@ -625,6 +634,17 @@ def _ema_groups(ema: AveragedModel, model: nn.Module) -> list:
         e.append(p_ema.detach())
         m.append(p_model.detach())
     return list(groups.values())
+
+
+def _compiled(module: nn.Module):
+    """`torch.compile(module)`, or a clear error where this torch cannot compile (no `torch.compile`, or no
+    working compiler toolchain: that surfaces at the first call, so the trainer's first step would fail)."""
+    if not hasattr(torch, "compile"):  # pragma: no cover - torch < 2.0
+        raise ValueError("compile=True needs torch >= 2.0 (torch.compile)")
+    # dynamic=False: training batches all have one shape; a second shape (another data set through the same
+    # UNet.forward in one process) then recompiles for it, where marking it dynamic made inductor fail
+    # (InductorError on a symbolic shape, the U-Net benchmark's 3x32x32 case after its 8x8 one).
+    return torch.compile(module, dynamic=False)
 
 
 def _looks_like_images(event_shape: Tuple[int, ...], levels: int) -> bool:
