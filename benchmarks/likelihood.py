@@ -174,6 +174,7 @@ def plot(rows, path: Path) -> None:
         ax.axhline(1e-3, color="grey", lw=0.8, ls="--", label="target 1e-3 nats/dim")
         ax.set_title(f"{name} (D={sel[0]['D']}), VP, exact score, dopri5")
         ax.set_xlabel("NFE (score evaluations)")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short NFE range
         ax.set_ylabel("mean |log p − log p_eps| per dim (nats)")
         ax.legend(fontsize=7)
     fig.tight_layout()
