@@ -50,7 +50,9 @@ def ring_throughput(device: str, quick: bool) -> list[dict]:
         x0, t, noise, _ = tr.global_batch(0)
 
         def bare():
-            loss = dsm_loss_per_sample(tr.model, tr.sde, x0, t=t, noise=noise).mean()
+            c = tr.config  # the same loss as the step's (weighting and importance weights), so only the overhead differs
+            loss = dsm_loss_per_sample(tr.model, tr.sde, x0, t=t, noise=noise, weighting=c.weighting,
+                                       importance_sampling=c.importance_sampling, eps=c.eps).mean()
             tr.opt.zero_grad(set_to_none=True)
             loss.backward()
 
