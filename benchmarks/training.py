@@ -17,7 +17,9 @@
 3. KL(p‖q) (`--part kl`): a model trained from an .npz of an oracle mixture (the 8-mode ring of radius 0.75 and
    std 0.08, a 4x4 grid, an 8-D full-covariance mixture) for 4000 steps, under the defaults and the
    alternatives in RECIPES; KL from the exact-divergence ODE likelihood of 3000 held-out points, and MMD² of
-   1000 dpm_solver samples in standard errors. `--problems ring,grid --recipes defaults,v-lik-is` for a subset.
+   1000 dpm_solver samples in standard errors, and the training's process CPU seconds. `--problems ring,grid
+   --recipes defaults,v-lik-is` for a subset, `--seeds 0,1` for the spread over training seeds. "old-defaults" is the
+   recipe the defaults replaced; the other alternatives were measured one factor at a time (README, Training).
 
     python -m benchmarks.training [--quick] [--part all|ring|digits|kl] [--out DIR] [--device cpu] [--net mlp|unet] [--budget S] [--threads N]
 """
@@ -173,6 +175,8 @@ RECIPES = {
     "v-lik-is-strat-ema999": ("v, likelihood + IS, stratified t, EMA 0.999", {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999}),
     "v-lik-is-strat-ema999-eps1e-3": ("v, likelihood + IS, stratified t, EMA 0.999, eps 1e-3",
                                       {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999, "eps": 1e-3}),
+    "defaults-lr2e-3": ("the defaults with lr 2e-3", {"lr": 2e-3}),
+    "defaults-batch640": ("the defaults with batch 640", {"batch_size": 640}),
     "v-lik-is-strat-ema999-4blocks": ("v, likelihood + IS, stratified t, EMA 0.999, 4 blocks",
                                       {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999, "n_blocks": 4}),
 }
@@ -218,7 +222,7 @@ def recipes(device: str, quick: bool, problems=None, names=None, seeds=(0,), ste
     table = kl_problems()
     for key in problems or (["ring"] if quick else list(table)):
         pname, mix = table[key]
-        for rkey in names or (["defaults", "v-lik-is"] if quick else list(RECIPES)):
+        for rkey in names or (["defaults", "old-defaults"] if quick else list(RECIPES)):
             rname, over = RECIPES[rkey]
             for seed in seeds:
                 with tempfile.TemporaryDirectory() as d:
