@@ -20,7 +20,9 @@
 3. KL(p‖q) (`--part kl`): a model trained from an .npz of an oracle mixture (the 8-mode ring of radius 0.75 and
    std 0.08, a 4x4 grid, an 8-D full-covariance mixture) for 4000 steps, under the defaults and the
    alternatives in RECIPES; KL from the exact-divergence ODE likelihood of 3000 held-out points, and MMD² of
-   1000 dpm_solver samples in standard errors. `--problems ring,grid --recipes defaults,v-lik-is` for a subset.
+   1000 dpm_solver samples in standard errors, and the training's process CPU seconds. `--problems ring,grid
+   --recipes defaults,v-lik-is` for a subset, `--seeds 0,1` for the spread over training seeds. "old-defaults" is the
+   recipe the defaults replaced; the other alternatives were measured one factor at a time (README, Training).
 
     python -m benchmarks.training [--quick] [--part all|ring|unet|digits|kl] [--out DIR] [--device cpu] [--net mlp|unet]
                                   [--budget S[,S...]] [--set FIELD=VALUE] [--tag T] [--threads N]
@@ -233,18 +235,34 @@ def kl_problems():
     }
 
 
+# The alternatives below were measured from the old defaults: they restate the old t sampling, eps and EMA.
+_OLD = {"t_sampling": "iid", "eps": 1e-5, "ema_decay": 0.995}
+_VLI = {**_OLD, "parameterization": "v", "weighting": "likelihood", "importance_sampling": True}
 # (name, TrainConfig overrides): the defaults first, then the alternatives measured against them
 RECIPES = {
-    "defaults": ("defaults (eps output, σ² weighting)", {}),
+    "defaults": ("defaults (v output, likelihood + IS, stratified t, eps 1e-3, EMA 0.999)", {}),
+    "old-defaults": ("the defaults before: eps output, σ² weighting, iid t, eps 1e-5, EMA 0.995",
+                     {"parameterization": "eps", "weighting": "sigma2", "importance_sampling": False, "t_sampling": "iid",
+                      "eps": 1e-5, "ema_decay": 0.995}),
     "v-lik-is": ("v output, likelihood weighting, importance-sampled t",
                  {"parameterization": "v", "weighting": "likelihood", "importance_sampling": True}),
     "v-lik-is-cosine": ("v, likelihood + IS, cosine lr", {"parameterization": "v", "weighting": "likelihood",
                                                           "importance_sampling": True, "lr_schedule": "cosine"}),
-    "v-sigma2": ("v output, σ² weighting", {"parameterization": "v"}),
+    "v-sigma2": ("v output, σ² weighting", {**_OLD, "parameterization": "v", "weighting": "sigma2", "importance_sampling": False}),
+    "v-lik-is-ema999": ("v, likelihood + IS, EMA 0.999", {**_VLI, "ema_decay": 0.999}),
+    "v-lik-is-strat": ("v, likelihood + IS, stratified t", {**_VLI, "t_sampling": "stratified"}),
+    "v-lik-is-lr2e-3": ("v, likelihood + IS, lr 2e-3", {**_VLI, "lr": 2e-3}),
+    "v-lik-is-strat-ema999": ("v, likelihood + IS, stratified t, EMA 0.999", {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999}),
+    "v-lik-is-strat-ema999-eps1e-3": ("v, likelihood + IS, stratified t, EMA 0.999, eps 1e-3",
+                                      {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999, "eps": 1e-3}),
+    "defaults-lr2e-3": ("the defaults with lr 2e-3", {"lr": 2e-3}),
+    "defaults-batch640": ("the defaults with batch 640", {"batch_size": 640}),
+    "v-lik-is-strat-ema999-4blocks": ("v, likelihood + IS, stratified t, EMA 0.999, 4 blocks",
+                                      {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999, "n_blocks": 4}),
 }
 
 
-def kl_of_recipe(mix, overrides: dict, steps: int, n_test: int, folder, device: str) -> dict:
+def kl_of_recipe(mix, overrides: dict, steps: int, n_test: int, folder, device: str, seed: int = 0) -> dict:
     """Train on 50 000 points of `mix` through an .npz file (as a user would), then KL(p‖q) = E_p[log p - log q]
     on held-out points with the exact-divergence ODE likelihood, and MMD² of 1000 dpm_solver samples."""
     import numpy as np
@@ -256,12 +274,14 @@ def kl_of_recipe(mix, overrides: dict, steps: int, n_test: int, folder, device: 
 
     path = Path(folder) / "data.npz"
     np.savez(path, x=mix.sample(50000, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float().numpy())
-    cfg = TrainConfig(data=str(path), steps=steps, out="", device=device, final_eval=False, **overrides)
+    cfg = TrainConfig(data=str(path), steps=steps, out="", device=device, final_eval=False, seed=seed, **overrides)
     tr = Trainer(cfg, progress=False)
-    t0 = time.perf_counter()
+    # Process CPU time as well as wall time: on a shared machine the wall clock measures the neighbours too.
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         tr.train_step()
-    train_s = time.perf_counter() - t0
+    sync(device)
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     model, sde = tr.ema.module.eval(), tr.sde
     x = mix.sample(n_test, generator=torch.Generator().manual_seed(7), dtype=torch.float32).to(device)
     res = scoresde.log_likelihood(sde, model, x, divergence="exact")
@@ -271,24 +291,25 @@ def kl_of_recipe(mix, overrides: dict, steps: int, n_test: int, folder, device: 
     ref = mix.sample(1000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     m = mmd2(xs, ref)
     return {"KL(p‖q) nats": float(gap.mean()), "± se": float(gap.std() / math.sqrt(len(gap))),
-            "MMD²/se": float(m.value / m.stderr), "train s": train_s}
+            "MMD²/se": float(m.value / m.stderr), "train CPU s": train_cpu, "train wall s": train_s}
 
 
-def recipes(device: str, quick: bool, problems=None, names=None) -> list[dict]:
+def recipes(device: str, quick: bool, problems=None, names=None, seeds=(0,), steps=None) -> list[dict]:
     import tempfile
 
-    steps, n_test = (150, 64) if quick else (4000, 3000)
+    steps, n_test = (steps or 150, 64) if quick else (steps or 4000, 3000)
     rows = []
     table = kl_problems()
     for key in problems or (["ring"] if quick else list(table)):
         pname, mix = table[key]
-        for rkey in names or (["defaults", "v-lik-is"] if quick else list(RECIPES)):
+        for rkey in names or (["defaults", "old-defaults"] if quick else list(RECIPES)):
             rname, over = RECIPES[rkey]
-            with tempfile.TemporaryDirectory() as d:
-                r = kl_of_recipe(mix, over, steps, n_test, d, device)
-            over = over or "(none)"
-            rows.append({"data": pname, "recipe": rname, "changed": str(over), "steps": steps, **r})
-            print(f"  {pname} | {rname}: KL {r['KL(p‖q) nats']:.4f} ± {r['± se']:.4f}, MMD²/se {r['MMD²/se']:.1f}, {r['train s']:.0f} s", flush=True)
+            for seed in seeds:
+                with tempfile.TemporaryDirectory() as d:
+                    r = kl_of_recipe(mix, over, steps, n_test, d, device, seed)
+                rows.append({"data": pname, "recipe": rkey, "what": rname, "changed": str(over or "(none)"), "steps": steps, "seed": seed, **r})
+                print(f"  {pname} | {rkey} seed {seed}: KL {r['KL(p‖q) nats']:.4f} ± {r['± se']:.4f}, MMD²/se {r['MMD²/se']:.1f}, "
+                      f"{r['train CPU s']:.0f} CPU s ({r['train wall s']:.0f} s wall)", flush=True)
     return rows
 
 
@@ -324,6 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="ring: the MLP's step overhead; unet: the U-Net's, with channels-last and torch.compile; digits: bits/dim; kl: KL(p‖q) of the default recipe and its alternatives on oracle mixtures (default: all)")
     p.add_argument("--problems", default=None, help=f"kl: comma list of {', '.join(['ring', 'grid', 'full8'])} (default all)")
     p.add_argument("--recipes", default=None, help="kl: comma list of recipe keys (default all; see RECIPES)")
+    p.add_argument("--seeds", default="0", help="kl: comma list of training seeds (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="kl: training steps (default 4000, quick 150)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default on cpu: 1 — on small shared machines extra threads spin and thrash; the ratio is what is measured)")
     args = p.parse_args(argv)
@@ -337,8 +360,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.part in ("all", "kl"):
         print("## KL(p‖q) of trained models on mixtures with exact log-density (4000 steps from an .npz, as `scoresde train`)\n", flush=True)
         split = lambda v: v.split(",") if v else None  # noqa: E731
-        kl = recipes(args.device, args.quick, split(args.problems), split(args.recipes))
+        kl = recipes(args.device, args.quick, split(args.problems), split(args.recipes), tuple(int(s) for s in args.seeds.split(",")), args.steps)
         tag = "" if not (args.problems or args.recipes) else "_" + "_".join(filter(None, (args.problems, args.recipes))).replace(",", "-")
+        if args.seeds != "0" or args.steps:
+            tag += f"_s{args.seeds.replace(',', '-')}" + (f"_n{args.steps}" if args.steps else "")
         print(write_results(out, f"training_kl{tag}", kl, {"machine": machine_note(args.device), "quick": args.quick}))
         if args.part == "kl":
             return 0

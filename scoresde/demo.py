@@ -102,7 +102,7 @@ def run_demo(
     lines += [
         "## 1. Training",
         "",
-        f"An MLP score model (`eps` parameterisation) trained on the 8-mode ring with the VP SDE for {steps} steps "
+        f"An MLP score model (`{config.parameterization}` output) trained on the 8-mode ring with the VP SDE for {steps} steps "
         f"of batch 256 in {train_s:.0f} s on `{device}` (run folder `{Path(run_dir).name}/`, config in its checkpoint).",
         "",
     ]

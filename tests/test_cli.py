@@ -116,7 +116,7 @@ def test_demo_times_each_sampler_after_an_untimed_warm_up(monkeypatch):
 
 
 RING_CFG = ("n_train = 4000\nbatch_size = 128\nhidden = 64\nn_blocks = 2\nemb_dim = 32\nlr = 3e-3\nwarmup = 20\nseed = 0\n"
-            'parameterization = "eps"\nweighting = "sigma2"\nimportance_sampling = false\n')  # as tests/test_conditional.py's RECIPE
+            'parameterization = "eps"\nweighting = "sigma2"\nimportance_sampling = false\nt_sampling = "iid"\neps = 1e-5\n')  # as tests/test_conditional.py's RECIPE
 
 
 def _train(out, *flags, steps=300, final_eval=False):

@@ -50,8 +50,8 @@ def test_ema_warmup_decay_ramp():
 
 
 def test_short_moons_run_loads_a_model_at_the_data_scale(tmp_path, capsys):
-    """`scoresde train --data moons --steps 300` (default net, batch, EMA decay 0.995): the loaded EMA samples
-    within 30% of the data's std per coordinate. A constant 0.995 keeps 0.995^300 ≈ 22% of the random init."""
+    """`scoresde train --data moons --steps 300` (default net, batch, EMA): the loaded EMA samples within 30% of
+    the data's std per coordinate. A constant decay of 0.995 would keep 0.995^300 ≈ 22% of the random init."""
     cfg = toml(tmp_path, final_eval=False)
     out = tmp_path / "moons"
     assert main(["train", "--data", "moons", "--steps", "300", "--config", cfg, "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
