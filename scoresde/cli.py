@@ -521,7 +521,7 @@ def _discretisation(args: argparse.Namespace, data, n: int):
 
     deq = args.dequantization
     if data.step is not None and data.test_raw is not None:
-        levels, rng = int(round(2.0 / data.step)), (-1.0, 1.0)
+        levels, rng = data.levels, (-1.0, 1.0)
         if args.levels is not None and args.levels != levels:
             raise UserError(f"--levels {args.levels}: --data {args.data} has {levels} levels per value (the loader "
                             f"quantises it so); leave --levels out")
@@ -530,7 +530,7 @@ def _discretisation(args: argparse.Namespace, data, n: int):
                             f"[-1, 1] by the loader; leave --data-range out")
         if deq == "none":  # the density of the loader's fixed-seed dequantised test split, on the continuous scale
             return data.test[:n], None, None, "none"
-        codes = torch.round((data.test_raw[:n] - rng[0]) / data.step).long()
+        codes = data.test_codes(n)
         return codes, levels, rng, "uniform" if deq == "auto" else deq
     x = data.test[:n]
     if args.levels is None:

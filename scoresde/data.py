@@ -50,6 +50,17 @@ class Data:
     num_classes: int = 0
     test_raw: Optional[Tensor] = None  # quantised data: the test split's bin left edges (its discrete values)
 
+    @property
+    def levels(self) -> Optional[int]:
+        """Discrete values per dimension of quantised data on [-1, 1] (None for continuous data)."""
+        return None if self.step is None else int(round(2.0 / self.step))
+
+    def test_codes(self, n: Optional[int] = None) -> Tensor:
+        """The integer codes `k` of the first `n` test points of quantised data (for `discrete_bits_per_dim`)."""
+        if self.step is None or self.test_raw is None:
+            raise ValueError("test_codes: this data is not quantised")
+        return torch.round((self.test_raw[:n] + 1.0) / self.step).long()
+
 
 # -- toy sets -----------------------------------------------------------------------
 

@@ -250,8 +250,8 @@ def _digits_section(out: Path, *, quick: bool, device: str, seed: int, progress:
     by_class = torch.cat([data.test[data.test_labels == k][:6] for k in range(10)])
     image_grid(by_class, out / "digits_real.png", nrow=6, title="real digits (test split), one row per digit 0-9")
     # On the discrete scale of the data's 17 levels (uniform dequantisation, the ELBO), as `scoresde likelihood` reports.
-    codes = torch.round((data.test_raw - (-1.0)) / data.step).long().to(device)
-    res = discrete_bits_per_dim(sde, model, codes, levels=int(round(2.0 / data.step)), data_range=(-1.0, 1.0),
+    codes = data.test_codes().to(device)
+    res = discrete_bits_per_dim(sde, model, codes, levels=data.levels, data_range=(-1.0, 1.0),
                                 generator=torch.Generator(device=device).manual_seed(seed))
     return [
         "## 4. Digits (8x8)",

@@ -108,7 +108,8 @@ def _draw_probes(shape: Tuple[int, ...], noise: str, ref: Tensor, generator: Opt
 
 
 def _check_common(sde, score_fn, x, name, method, rtol, atol, eps, options, time="t"):
-    """The checks `log_likelihood`, `encode` and `decode` share; returns `(rtol, atol, eps, options)`."""
+    """The checks `log_likelihood`, `encode` and `decode` share; returns `(rtol, atol, eps, options, time)`, `time`
+    "t" for fixed-grid methods."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
     check_callable(score_fn, "score_fn")

@@ -637,10 +637,7 @@ def _ema_groups(ema: AveragedModel, model: nn.Module) -> list:
 
 
 def _compiled(module: nn.Module):
-    """`torch.compile(module)`, or a clear error where this torch cannot compile (no `torch.compile`, or no
-    working compiler toolchain: that surfaces at the first call, so the trainer's first step would fail)."""
-    if not hasattr(torch, "compile"):  # pragma: no cover - torch < 2.0
-        raise ValueError("compile=True needs torch >= 2.0 (torch.compile)")
+    """`torch.compile(module)` (a missing compiler toolchain surfaces at the first call: the first step fails)."""
     # dynamic=False: training batches all have one shape; a second shape (another data set through the same
     # UNet.forward in one process) then recompiles for it, where marking it dynamic made inductor fail
     # (InductorError on a symbolic shape, the U-Net benchmark's 3x32x32 case after its 8x8 one).

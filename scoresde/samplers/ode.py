@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..sde import LinearSDE
 from .base import Sampler
 from .timesteps import TimestepSpec
 
@@ -79,7 +80,7 @@ class ProbabilityFlowField(torch.nn.Module):
                  progress: Optional[tqdm] = None, time: str = "t"):
         super().__init__()
         check_time(time)
-        if time != "t" and not hasattr(sde, "t_from_half_log_snr"):
+        if time != "t" and not isinstance(sde, LinearSDE):
             time = "t"  # a general SDE has no noise level to step in
         self.sde, self.time = sde, time
         self.u_range: Optional[tuple] = None  # set by solve_ode: the interval being integrated
@@ -93,7 +94,9 @@ class ProbabilityFlowField(torch.nn.Module):
         if self.time == "t":
             return t
         rho = -self.sde._half_log_snr(t)
-        return {"sigma": rho.exp(), "cbrt_sigma": (rho / 3).exp(), "log_sigma": rho}[self.time]
+        if self.time == "log_sigma":
+            return rho
+        return (rho / 3).exp() if self.time == "cbrt_sigma" else rho.exp()
 
     def _t_and_rate(self, u: Tensor):
         """`(t, dt/du)` at the solver's `u` (0-d or (1,) tensor)."""
@@ -103,11 +106,15 @@ class ProbabilityFlowField(torch.nn.Module):
         if self.u_range is not None:
             # torchdiffeq's initial-step probe may look past the end point (u < 0 has no noise level).
             u = u.clamp(*self.u_range)
-        rho, drho = {"sigma": (u.log(), 1 / u), "cbrt_sigma": (3 * u.log(), 3 / u),
-                     "log_sigma": (u, torch.ones_like(u))}[self.time]
+        if self.time == "log_sigma":
+            rho, drho = u, None
+        else:
+            k = 3.0 if self.time == "cbrt_sigma" else 1.0  # u = σ̃^{1/k}: ρ = k log u, dρ/du = k/u
+            rho, drho = k * u.log(), k / u
         t = self.sde.t_from_half_log_snr(-rho)
         s = self.sde._schedule(t)
-        return t, 2 * s.sigma**2 / s.g2 * drho
+        rate = 2 * s.sigma**2 / s.g2  # dt/dρ = 1/(dρ/dt), dρ/dt = -λ' = g²/(2σ²)
+        return t, rate if drho is None else rate * drho
 
     def velocity(self, x: Tensor, u: Tensor) -> Tensor:
         if self.progress is not None:
