@@ -54,12 +54,15 @@ ORDER_CASES = {
     "ode-midpoint": (lambda: ODESampler("midpoint"), [32, 64, 128], 2),
     "ode-heun2": (lambda: ODESampler("heun2"), [32, 64, 128], 2),
     "ode-rk4": (lambda: ODESampler("rk4"), [16, 32, 64], 4),
-    "dpm1": (lambda: DPMSolver(1, timesteps="log_snr", corrector=False), [16, 32, 64], 1),
-    "dpm2": (lambda: DPMSolver(2, timesteps="log_snr", corrector=False), [16, 32, 64], 2),
-    "dpm3": (lambda: DPMSolver(3, timesteps="log_snr", corrector=False), [16, 32, 64], 3),
+    "dpm1": (lambda: DPMSolver(1, method="dpm++", timesteps="log_snr", corrector=False), [16, 32, 64], 1),
+    "dpm2": (lambda: DPMSolver(2, method="dpm++", timesteps="log_snr", corrector=False), [16, 32, 64], 2),
+    "dpm3": (lambda: DPMSolver(3, method="dpm++", timesteps="log_snr", corrector=False), [16, 32, 64], 3),
     # UniC raises the order by one at no extra NFE; the default grid is plain log-SNR from ~30 steps on
-    "dpm1+unic": (lambda: DPMSolver(1, timesteps="log_snr"), [16, 32, 64], 2),
-    "dpm2+unic": (lambda: DPMSolver(2), [32, 64, 128], 3),
+    "dpm1+unic": (lambda: DPMSolver(1, method="dpm++", timesteps="log_snr"), [16, 32, 64], 2),
+    "dpm2+unic": (lambda: DPMSolver(2, method="dpm++", timesteps="log_snr_capped"), [32, 64, 128], 3),
+    # the default: DEIS tAB 3 in ε + UniC on the blend grid (2M only below 8 steps)
+    "dpm-default": (lambda: DPMSolver(), [32, 64, 128], 4),
+    "dpm2+unic-nohist": (lambda: DPMSolver(2, method="dpm++", timesteps="log_snr", correct_history=False), [32, 64, 128], 3),
 }
 
 
@@ -84,14 +87,14 @@ def test_dpm_solver_beats_ddim_and_rk4_at_equal_nfe():
     ref = exact_flow(sde, x_T, 1e-3)
     err = lambda s, n: float((sample(sde, GAUSS.score_fn(sde), None, x_T=x_T, sampler=s, steps=n, denoise=False) - ref).abs().max())
     # 20 NFE each; plain DPM-Solver++ on the log-SNR grid
-    dpm = lambda k: DPMSolver(k, timesteps="log_snr", corrector=False)
+    dpm = lambda k: DPMSolver(k, method="dpm++", timesteps="log_snr", corrector=False)
     assert err(dpm(3), 19) < 0.1 * err(dpm(1), 20)
     assert err(dpm(3), 19) < err(ODESampler("heun2"), 10)
     # UniC at no extra NFE: below the same predictor without it, on the same grid, once past ~15 steps
     # (at 6-12 steps on this single Gaussian either may win: the errors change sign)
     for n in (20, 40):
-        assert err(DPMSolver(2, timesteps="log_snr"), n) < 0.7 * err(dpm(2), n)
-    # the default (2M + UniC on the capped log-SNR grid) stays well below DDIM and improves with steps
+        assert err(DPMSolver(2, method="dpm++", timesteps="log_snr"), n) < 0.7 * err(dpm(2), n)
+    # the default (DEIS tAB 3 in ε + UniC on the blend grid) stays well below DDIM and improves with steps
     assert err(DPMSolver(), 10) < 0.25 * err(dpm(1), 10)
     assert err(DPMSolver(), 40) < err(DPMSolver(), 20) < err(DPMSolver(), 10)
 
@@ -339,7 +342,7 @@ class _NotLinear(scoresde.SDE):
     (dict(x_T=torch.tensor([[0.0, float("nan")]])), ValueError, "x_T"),
     (dict(x_T=torch.zeros(3, 2), shape=(4, 2)), ValueError, "shape"),
     (dict(sampler="ode", method="rk5"), ValueError, "method"),
-    (dict(sampler="dpm_solver", order=4), ValueError, "order"),
+    (dict(sampler="dpm_solver", order=5), ValueError, "order"),
     (dict(sampler="dpm_solver", bogus=1), TypeError, "bogus"),
     (dict(sampler="pc", predictor="leapfrog"), ValueError, "predictor"),
     (dict(sampler="pc", snr=-1.0), ValueError, "snr"),
@@ -372,7 +375,7 @@ def test_dpm_solver_equals_an_independent_unipc():
         x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(3), dtype=F64)
         score = RING.score_fn(sde)
         for grid in ("log_snr", "uniform", "log_snr_capped"):
-            ours = sample(sde, score, None, x_T=x_T, sampler=DPMSolver(2, timesteps=grid), steps=10, eps=1e-3, denoise=False)
+            ours = sample(sde, score, None, x_T=x_T, sampler=DPMSolver(2, method="dpm++", timesteps=grid, correct_history=False), steps=10, eps=1e-3, denoise=False)
             torch.testing.assert_close(ours, unipc(sde, score, x_T, 10, 1e-3, 2, "bh2", grid), rtol=1e-10, atol=1e-10)
 
 
