@@ -7,6 +7,10 @@ dpm_solver at 10 NFE against published fast samplers (DPM-Solver++(2M), UniPC, E
 their recommended grids on the same ODE — also on two held-out mixtures the default was not tuned on — and the
 framework overhead against bare score calls. Writes solvers.{md,csv,json}, fast10.*, fast10_summary.md,
 overhead.*, and two PNGs.
+
+`--race`: the same ODE raced against diffusers' schedulers and k-diffusion's samplers when importable.
+`--trained RUN [RUN:K ...]`: the dpm_solver recipes (the default, the previous default, ablations) on trained
+models, each against its own converged ODE; writes trained.*, trained_summary.md and solvers_trained.png.
 """
 
 from __future__ import annotations
@@ -193,12 +197,12 @@ def fast_samplers(sdes, datasets, n, device, dtype, rows):
     """Pathwise error at 10 NFE (no final denoising), same x_T, against dopri5 at 1e-9; the published samplers run
     with the grids their authors recommend (log-SNR for low resolution, uniform time for high; ρ = 7 for EDM's)."""
     eps = 1e-3
-    plain = lambda k, grid: DPMSolver(k, timesteps=grid, corrector=False)
+    plain = lambda k, grid: DPMSolver(k, method="dpm++", timesteps=grid, corrector=False)
     contenders: List[tuple[str, str, Callable]] = [
-        ("dpm_solver (ours, default: DEIS tAB 3 in ε + corrector, vp_quadratic)", "ours", lambda s, f, x: sample(s, f, None, x_T=x, sampler="dpm_solver", steps=10, eps=eps, denoise=False)),
-        ("dpm_solver 2M + UniC, log_snr_capped (the previous default)", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2), steps=10, eps=eps, denoise=False)),
-        ("dpm_solver 2M without UniC, log_snr_capped", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2, corrector=False), steps=10, eps=eps, denoise=False)),
-        ("dpm_solver 3M + UniC, log_snr_capped", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(3), steps=9, eps=eps, denoise=False)),
+        ("dpm_solver (ours, default: DEIS tAB 3 in ε + UniC, blend grid)", "ours", lambda s, f, x: sample(s, f, None, x_T=x, sampler="dpm_solver", steps=10, eps=eps, denoise=False)),
+        ("dpm_solver 2M + UniC, log_snr_capped (the previous default)", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2, method="dpm++", timesteps="log_snr_capped", correct_history=False), steps=10, eps=eps, denoise=False)),
+        ("dpm_solver 2M without UniC, log_snr_capped", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(2, method="dpm++", timesteps="log_snr_capped", corrector=False), steps=10, eps=eps, denoise=False)),
+        ("dpm_solver 3M + UniC, log_snr_capped", "ablation", lambda s, f, x: sample(s, f, None, x_T=x, sampler=DPMSolver(3, method="dpm++", timesteps="log_snr_capped"), steps=9, eps=eps, denoise=False)),
         # 2M as the reference code runs it: first-order last step when steps < 15 (lower_order_final)
         ("DPM-Solver++(2M), log-SNR", PUBLISHED, lambda s, f, x: sample(s, f, None, x_T=x, sampler=plain(2, "log_snr"), steps=10, eps=eps, denoise=False)),
         ("DPM-Solver++(2M), time-uniform", PUBLISHED, lambda s, f, x: sample(s, f, None, x_T=x, sampler=plain(2, "uniform"), steps=10, eps=eps, denoise=False)),
@@ -679,6 +683,110 @@ def race_main(args) -> int:
     return 0
 
 
+# The recipes `--trained` compares; "previous default" is the default before the per-budget DEIS recipe.
+TRAINED_RECIPES = {
+    "default": {},
+    "previous default (2M + UniC, capped log-SNR)": dict(order=2, method="dpm++", timesteps="log_snr_capped", correct_history=False),
+    "default without the history correction": dict(correct_history=False),
+    "2M + UniC, blend grid, corrected history": dict(order=2, method="dpm++"),
+    "DEIS-3 in ε + UniC, capped log-SNR grid": dict(order=3, method="deis", timesteps="log_snr_capped"),
+    "DEIS-3 in ε + UniC, vp_quadratic grid": dict(order=3, method="deis", timesteps="vp_quadratic"),
+    "auto": dict(method="auto"),
+}
+TRAINED_NFES = (5, 8, 10, 15, 20, 30)
+
+
+def _trained_case(spec: str):
+    """`RUN` or `RUN:K` (class K under classifier-free guidance, scale 1): (label, sde, score_fn, event shape)."""
+    from scoresde.guidance import classifier_free
+
+    path, _, label = spec.partition(":")
+    model, sde = scoresde.load(path)
+    score = classifier_free(model, int(label), 1.0) if label else model
+    return f"{path.rstrip('/').split('/')[-1]}{':y' + label if label else ''}", sde, score, tuple(model.event_shape)
+
+
+def trained_models(specs, nfes, n, rows, recipes=TRAINED_RECIPES):
+    """dpm_solver recipes on trained models: mean per-sample L2 distance to the model's own probability-flow ODE
+    solved by dopri5 at rtol = atol = 1e-6 from the same x_T (solver error only, the network's error is the same
+    for all), relative to the mean norm of that solution; float32, as the models run."""
+    from scoresde.samplers import _initial_state
+
+    for spec in specs:
+        case, sde, score, shape = _trained_case(spec)
+        x_T = _initial_state(sde, (n,) + shape, None, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+        ref = sample(sde, score, None, x_T=x_T, sampler="ode", rtol=1e-6, atol=1e-6, denoise=False)
+        scale = float(ref.flatten(1).norm(dim=1).mean())
+        for nfe in nfes:
+            errs = {}
+            for label, opts in recipes.items():
+                x = sample(sde, score, None, x_T=x_T, sampler=DPMSolver(**opts), steps=nfe, denoise=False)
+                errs[label] = float((x - ref).flatten(1).norm(dim=1).mean()) / scale
+            base = errs["previous default (2M + UniC, capped log-SNR)"]
+            for label, e in errs.items():
+                rows.append({"model": case, "NFE": nfe, "recipe": label, "rel. path err": e, "/ previous default": round(e / base, 3)})
+            print(f"{case:<16} NFE {nfe:>3}: default {errs['default']:.3g}, previous {base:.3g} "
+                  f"({errs['default'] / base:.2f}x)", flush=True)
+
+
+def trained_summary(rows) -> str:
+    """Per recipe and NFE: geometric mean and max over the models of the error over the previous default's."""
+    nfes = sorted({r["NFE"] for r in rows})
+    out = ["| recipe | " + " | ".join(f"{n} NFE" for n in nfes) + " |", "|---|" + "---|" * len(nfes)]
+    for label in dict.fromkeys(r["recipe"] for r in rows):
+        cells = []
+        for n in nfes:
+            v = [r["/ previous default"] for r in rows if r["recipe"] == label and r["NFE"] == n]
+            cells.append(f"{math.exp(sum(map(math.log, v)) / len(v)):.2f} (max {max(v):.2f})")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def trained_plot(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = [r for r in dict.fromkeys(r["recipe"] for r in rows) if not r.startswith("previous")]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    ncols = 3
+    nrows = -(-len(recipes) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(recipes):]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, recipes):
+        for m in models:
+            pts = sorted((r["NFE"], r["/ previous default"]) for r in rows if r["recipe"] == label and r["model"] == m)
+            ax.plot(*zip(*pts), marker=".", lw=1, alpha=0.7, label=m)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("NFE")
+    for row in axes:
+        row[0].set_ylabel("path error / previous default's")
+    axes.flat[0].legend(fontsize=6, loc="lower left", ncol=2)
+    fig.suptitle("dpm_solver recipes on trained models (against each model's own converged ODE)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def trained_main(args) -> int:
+    torch.set_num_threads(1)
+    out = out_dir(args.out)
+    rows: list = []
+    nfes = [int(v) for v in args.nfe.split(",")] if args.nfe else list(TRAINED_NFES)
+    trained_models(args.trained, nfes, args.trained_n, rows)
+    print(write_results(out, "trained", rows, {"machine": machine_note("cpu"), "n": args.trained_n, "models": args.trained}))
+    summary = trained_summary(rows)
+    (out / "trained_summary.md").write_text(summary + "\n")
+    trained_plot(rows, out / "solvers_trained.png")
+    print(summary)
+    print(f"wrote {out}/trained.md, trained_summary.md, solvers_trained.png")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.solvers", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one SDE, the ring, two NFE values (< 1 min)")
@@ -687,9 +795,15 @@ def main(argv=None) -> int:
     p.add_argument("--race", action="store_true", help="only the race against diffusers' and k-diffusion's samplers "
                    "(when importable; pip install 'scoresde[bench]'): ours / best peer at 10 and 20 NFE per case")
     p.add_argument("--race-n", type=int, default=128, help="x_T samples per race case (default 128)")
+    p.add_argument("--trained", nargs="+", metavar="RUN[:K]", help="only the dpm_solver recipes on these trained runs "
+                   "(RUN:K: class K under classifier-free guidance): path error against each model's own converged ODE")
+    p.add_argument("--trained-n", type=int, default=256, help="x_T samples per trained model (default 256)")
+    p.add_argument("--nfe", default=None, help=f"with --trained: comma-separated NFE (default {','.join(map(str, TRAINED_NFES))})")
     args = p.parse_args(argv)
     if args.race:
         return race_main(args)
+    if args.trained:
+        return trained_main(args)
     out, device, dtype = out_dir(args.out), torch.device(args.device), torch.float64
     if args.quick:
         sdes, datasets, nfes, n, n_path, n_over, nfe_over = ["vp"], ["ring"], [10, 50], 400, 64, 2000, 50
