@@ -48,22 +48,25 @@ class DPMSolver(Sampler):
     variable DEIS interpolates in), lower-order warm start, the same corrector (Adams–Moulton on the new node).
 
     `correct_history` (default on; off only in the default's few-step 2M): the corrector replaces the predicted
-    `x_i` by a corrected one, but the score was evaluated at the predicted point; the prediction kept for the next steps is moved to the corrected point by
-    its slope for unit-variance Gaussian data, `P_i += J_i (x_i^c - x̃_i)` (`J` = σ/(m² + σ²) for ε, m/(m² + σ²)
-    for D; exact for N(μ, I) data, order-neutral otherwise, no extra NFE). Without it the mismatch is weighted by
+    `x_i` by a corrected one, but the score was evaluated at the predicted point; the prediction kept for the
+    next steps is moved to the corrected point by its slope for unit-variance Gaussian data,
+    `P_i += J_i (x_i^c - x̃_i)` (`J` = σ/(m² + σ²) for ε, m/(m² + σ²) for D; exact for N(μ, I) data,
+    order-neutral otherwise, no extra NFE). Without it the mismatch is weighted by
     σ ≈ 1 in the ε form and grows step after step: DEIS-3 in ε + UniC reached 30-1000x the error of 2M + UniC at
     10 NFE on trained models, with it 0.4-0.9x. In D it also helps (0.53-0.88x on the same models at 10 NFE).
 
     Default (no option given): DEIS tAB 3 in ε + UniC (declared order 4) on the `"blend"` grid, from 8 steps;
-    below 8, 2M + UniC in D with the history as evaluated (`recipe_for` says why). Chosen on 8 trained models and the exact-score race (ring and 64-D mixture) and held out
-    on 6 more models and 3 more mixtures (`benchmarks/solvers.py`): against the previous default (2M + UniC on the
-    capped log-SNR grid) it has 0.4-0.9x the error on the tuning models at 10 and 20 NFE, and at 0.56-0.92x of
-    the best diffusers/k-diffusion configuration on the race (the previous default: 0.64-2.97x). Any explicit
-    `order`, `method`, `prediction` or `basis` turns the per-budget switch off.
+    below 8, 2M + UniC in D with the history as evaluated (`recipe_for` says why). Chosen on 8 trained models
+    and the exact-score race's ring and 64-D mixture, held out on 6 more models and 3 more mixtures (`benchmarks/solvers.py
+    --trained`, `--race`). Against the previous default (2M + UniC on the capped log-SNR grid, history as
+    evaluated): 0.23-0.91x its error on the 8 models at 10 and 20 NFE, geometric mean over all 14 models 0.47-0.61x
+    from 8 to 30 NFE (worst 1.9x, a 300-step ε model at 10 NFE) and 0.85x at 5; on the race 0.51-0.91x the best
+    diffusers/k-diffusion configuration (the previous default: 0.64-2.97x). Any explicit `order`, `method`,
+    `prediction` or `basis` turns the per-budget switch off.
 
     `method="auto"` is DEIS tAB in ε with the corrector on the `"vp_quadratic"` grid (order 3 below 15 steps, 4
     from 15), the recipe for exact or very accurate scores: 0.15-0.66x the best peer on the race, but on trained
-    models at 10 NFE up to 5.7x the default's error (its large first step at high noise meets the network's least
+    models at 10 NFE up to 5.7x the previous default's error (its large first step at high noise meets the network's least
     accurate score)."""
 
     weak_order = None

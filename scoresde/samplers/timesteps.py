@@ -118,9 +118,10 @@ def blend(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
     Exact scores want the steps where the mixture's ODE bends, mid-way in `λ` (`vp_quadratic`: large first steps
     at high noise); a trained network's score is least accurate at high noise, where the noise-prediction
     multistep's extrapolation weights it by σ ≈ 1, and wants even steps there (`log_snr_capped`). Measured with
-    the default `dpm_solver` at 10 and 20 NFE on eight trained models and the exact-score race (see
-    `benchmarks/solvers.py`): `α = 0` is 1.0-1.5x the best peer on the oracle, `α = 1` up to 5.7x the error of
-    `α = 0` on a trained model at 10 NFE; 0.3 at 10 and 0.5 at 20 are at or under both."""
+    the default `dpm_solver` (DEIS-3 in ε + UniC) at 10 and 20 NFE on eight trained models and the exact-score
+    race (`benchmarks/solvers.py --trained`, `--race`): with `α = 0` it is at 0.74-1.51x the best peer on the race,
+    with `α = 1` at up to 5.7x the previous default's error on a trained model at 10 NFE; `α` = 0.3 at 10 NFE
+    and 0.5 at 20 keep both under 1 (0.51-0.92x the best peer; 0.23-0.91x the previous default)."""
     lam_q = sde._schedule(vp_quadratic(sde, steps, eps, ref)).lam.double()
     lam_c = sde._schedule(log_snr_capped(sde, steps, eps, ref)).lam.double()
     a = blend_weight(steps)
