@@ -175,8 +175,8 @@ class DPMSolver(Sampler):
             x = st.x_prev * st.a[i - 1] + d * st.cc[i - 1][0]
             for w, dj in zip(st.cc[i - 1][1:], st.history[:st.orders[i - 1]]):
                 x.add_(dj, alpha=w)
-            if st.slope[i]:
-                d = d + (x - x_pred) * st.slope[i]
+            if st.slope[i]:  # d is this step's own tensor: in place, no temporaries
+                d.add_(x, alpha=st.slope[i]).sub_(x_pred, alpha=st.slope[i])
         st.history.insert(0, d)
         del st.history[st.keep:]
         st = st._replace(x_prev=x)
