@@ -391,7 +391,7 @@ def digits_rows(budget_s: float, per_class: int, scales, steps: int, rows: list,
     for w in scales:
         st: dict = {}
         x, sec = timed(lambda: scoresde.sample(sde, classifier_free(model, labels, w), (len(labels),) + tuple(model.event_shape),
-                                               sampler="dpm_solver", order=2, method="dpm++", timesteps="log_snr_capped",
+                                               sampler="dpm_solver", order=2, method="dpm++", timesteps="log_snr_capped", correct_history=False,
                                                steps=steps, generator=torch.Generator().manual_seed(0), stats=st))
         x = x.clamp(-1, 1)
         pred = torch.as_tensor(judge.predict(x.flatten(1).numpy()))
