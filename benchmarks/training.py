@@ -240,7 +240,7 @@ _OLD = {"t_sampling": "iid", "eps": 1e-5, "ema_decay": 0.995}
 _VLI = {**_OLD, "parameterization": "v", "weighting": "likelihood", "importance_sampling": True}
 # (name, TrainConfig overrides): the defaults first, then the alternatives measured against them
 RECIPES = {
-    "defaults": ("defaults (v output, likelihood + IS, stratified t, eps 1e-3, EMA 0.999)", {}),
+    "defaults": ("defaults (v output, likelihood + IS, stratified t, eps 1e-3, EMA 0.999, batch 640)", {}),
     "old-defaults": ("the defaults before: eps output, σ² weighting, iid t, eps 1e-5, EMA 0.995",
                      {"parameterization": "eps", "weighting": "sigma2", "importance_sampling": False, "t_sampling": "iid",
                       "eps": 1e-5, "ema_decay": 0.995}),
@@ -255,8 +255,13 @@ RECIPES = {
     "v-lik-is-strat-ema999": ("v, likelihood + IS, stratified t, EMA 0.999", {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999}),
     "v-lik-is-strat-ema999-eps1e-3": ("v, likelihood + IS, stratified t, EMA 0.999, eps 1e-3",
                                       {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999, "eps": 1e-3}),
-    "defaults-lr2e-3": ("the defaults with lr 2e-3", {"lr": 2e-3}),
-    "defaults-batch640": ("the defaults with batch 640", {"batch_size": 640}),
+    "defaults-lr2e-3": ("the defaults (batch 512) with lr 2e-3", {"batch_size": 512, "lr": 2e-3}),
+    "defaults-batch512": ("the defaults with batch 512 (the defaults before batch 640)", {"batch_size": 512}),
+    "defaults-cosine": ("the defaults (batch 512) with a cosine learning-rate decay", {"batch_size": 512, "lr_schedule": "cosine"}),
+    "defaults-cosine-lr2e-3": ("the defaults (batch 512) with a cosine decay from lr 2e-3",
+                               {"batch_size": 512, "lr_schedule": "cosine", "lr": 2e-3}),
+    "defaults-eps3e-3": ("the defaults (batch 512) with eps 3e-3", {"batch_size": 512, "eps": 3e-3}),
+    "defaults-lr5e-4": ("the defaults (batch 512) with lr 5e-4", {"batch_size": 512, "lr": 5e-4}),
     "v-lik-is-strat-ema999-4blocks": ("v, likelihood + IS, stratified t, EMA 0.999, 4 blocks",
                                       {**_VLI, "t_sampling": "stratified", "ema_decay": 0.999, "n_blocks": 4}),
 }
@@ -294,10 +299,10 @@ def kl_of_recipe(mix, overrides: dict, steps: int, n_test: int, folder, device: 
             "MMD²/se": float(m.value / m.stderr), "train CPU s": train_cpu, "train wall s": train_s}
 
 
-def recipes(device: str, quick: bool, problems=None, names=None, seeds=(0,), steps=None) -> list[dict]:
+def recipes(device: str, quick: bool, problems=None, names=None, seeds=(0,), steps=None, n_test=None) -> list[dict]:
     import tempfile
 
-    steps, n_test = (steps or 150, 64) if quick else (steps or 4000, 3000)
+    steps, n_test = (steps or 150, n_test or 64) if quick else (steps or 4000, n_test or 3000)
     rows = []
     table = kl_problems()
     for key in problems or (["ring"] if quick else list(table)):
@@ -347,6 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--recipes", default=None, help="kl: comma list of recipe keys (default all; see RECIPES)")
     p.add_argument("--seeds", default="0", help="kl: comma list of training seeds (default 0)")
     p.add_argument("--steps", type=int, default=None, help="kl: training steps (default 4000, quick 150)")
+    p.add_argument("--kl-test", type=int, default=None, help="kl: held-out points for KL (default 3000, quick 64)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default on cpu: 1 — on small shared machines extra threads spin and thrash; the ratio is what is measured)")
     args = p.parse_args(argv)
@@ -360,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.part in ("all", "kl"):
         print("## KL(p‖q) of trained models on mixtures with exact log-density (4000 steps from an .npz, as `scoresde train`)\n", flush=True)
         split = lambda v: v.split(",") if v else None  # noqa: E731
-        kl = recipes(args.device, args.quick, split(args.problems), split(args.recipes), tuple(int(s) for s in args.seeds.split(",")), args.steps)
+        kl = recipes(args.device, args.quick, split(args.problems), split(args.recipes), tuple(int(s) for s in args.seeds.split(",")), args.steps, args.kl_test)
         tag = "" if not (args.problems or args.recipes) else "_" + "_".join(filter(None, (args.problems, args.recipes))).replace(",", "-")
         if args.seeds != "0" or args.steps:
             tag += f"_s{args.seeds.replace(',', '-')}" + (f"_n{args.steps}" if args.steps else "")
