@@ -185,7 +185,7 @@ def quality_grid(sdes, datasets, nfes, n, device, dtype, rows, curves, panels):
                 rows.append(row)
                 print(" | ".join(str(v if not isinstance(v, float) else f"{v:.4g}") for v in row.values()), flush=True)
                 if data_name == "ring" and sde_name == "vp":
-                    curves.setdefault(label.split(",")[0] if "dopri5" in label else label, []).append((st["nfe"], float(mm.value)))  # symlog axis: negative MMD² stays visible
+                    curves.setdefault("ode (dopri5)" if "dopri5" in label else label, []).append((st["nfe"], float(mm.value)))  # symlog axis: negative MMD² stays visible
                     if st["nfe"] in (10, 11, 20, 21) or "1e-05" in label:
                         panels[f"{label}, NFE {st['nfe']}"] = x
 
