@@ -70,12 +70,16 @@ def log_snr_capped(sde: LinearSDE, steps: int, eps: float, ref: Tensor, cap: flo
     ~30 steps on VP/sub-VP/VE), so many-step grids are plain log-SNR and solvers keep their order. Tuned with
     `dpm_solver` (2M + UniC) at 10 NFE on the exact-score benchmark (cap 2.5-3.5 swept; 3 at or below the best
     published sampler in all 8 SDE/data cases, see benchmarks/solvers.py)."""
+    return _finish(sde.t_from_half_log_snr(_log_snr_capped_lam(sde, steps, eps, ref, cap)), sde, eps, ref)
+
+
+def _log_snr_capped_lam(sde: LinearSDE, steps: int, eps: float, ref: Tensor, cap: float = 3.0) -> Tensor:
     lam_T, lam_eps = _lambda_ends(sde, eps, ref)
     lam = lam_T + (lam_eps - lam_T) * torch.linspace(0, 1, steps + 1, **_f64(ref))
     pen = min(float(lam[-2]), cap * steps / 10)
     if steps > 1 and pen < float(lam[-2]) and pen > float(lam_T):
         lam[:-1] = lam_T + (pen - lam_T) * torch.linspace(0, 1, steps, **_f64(ref))
-    return _finish(sde.t_from_half_log_snr(lam), sde, eps, ref)
+    return lam
 
 
 def vp_matched(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
@@ -98,13 +102,17 @@ def vp_quadratic(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
     """DPM-Solver's "time_quadratic" grid of the default VP SDE (uniform in `√t` on VP's clock) carried to `sde`
     through the noise level, between `sde`'s own `λ(T)` and `λ(eps)`: on VP it is `time_quadratic`; on any other
     SDE it puts the steps at the same noise levels whatever its clock. Steps shrink towards the data like `√t`."""
+    return _finish(sde.t_from_half_log_snr(_vp_quadratic_lam(sde, steps, eps, ref)), sde, eps, ref)
+
+
+def _vp_quadratic_lam(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
     from ..sde import VPSDE
 
     vp = VPSDE()
     lam_T, lam_eps = _lambda_ends(sde, eps, ref)
     ends = vp.t_from_half_log_snr(torch.stack([lam_T, lam_eps]))
     s = ends[0].sqrt() + torch.linspace(0, 1, steps + 1, **_f64(ref)) * (ends[1].sqrt() - ends[0].sqrt())
-    return _finish(sde.t_from_half_log_snr(vp._half_log_snr(s * s)), sde, eps, ref)
+    return vp._half_log_snr(s * s)
 
 
 def blend_weight(steps: int) -> float:
@@ -116,16 +124,14 @@ def blend(sde: LinearSDE, steps: int, eps: float, ref: Tensor) -> Tensor:
     """`λ_i = α λ_i^{vp_quadratic} + (1 - α) λ_i^{log_snr_capped}`, `α = blend_weight(N)`: between the two in log-SNR.
 
     Exact scores want the steps where the mixture's ODE bends, mid-way in `λ` (`vp_quadratic`: large first steps
-    at high noise); a trained network's score is least accurate at high noise, where the noise-prediction
-    multistep's extrapolation weights it by σ ≈ 1, and wants even steps there (`log_snr_capped`). Measured with
-    the default `dpm_solver` (DEIS-3 in ε + UniC) at 10 and 20 NFE on eight trained models and the exact-score
+    at high noise); trained networks were solved better with even steps at high noise (`log_snr_capped`).
+    Measured with the default `dpm_solver` (DEIS-3 in ε + UniC) at 10 and 20 NFE on eight trained models and the exact-score
     race (`benchmarks/solvers.py --trained`, `--race`): with `α = 0` it is at 0.74-1.51x the best peer on the race,
     with `α = 1` at up to 5.7x the previous default's error on a trained model at 10 NFE; `α` = 0.3 at 10 NFE
-    and 0.5 at 20 keep both under 1 (0.51-0.92x the best peer; 0.23-0.91x the previous default)."""
-    lam_q = sde._schedule(vp_quadratic(sde, steps, eps, ref)).lam.double()
-    lam_c = sde._schedule(log_snr_capped(sde, steps, eps, ref)).lam.double()
+    and 0.5 at 20 keep both under 1 (0.51-0.91x the best peer; 0.23-0.91x the previous default)."""
     a = blend_weight(steps)
-    return _finish(sde.t_from_half_log_snr(a * lam_q + (1 - a) * lam_c), sde, eps, ref)
+    lam = a * _vp_quadratic_lam(sde, steps, eps, ref) + (1 - a) * _log_snr_capped_lam(sde, steps, eps, ref)
+    return _finish(sde.t_from_half_log_snr(lam), sde, eps, ref)
 
 
 TIMESTEPS = {"uniform": uniform, "vp_matched": vp_matched, "time_quadratic": time_quadratic, "log_snr": log_snr, "edm": edm,
