@@ -688,12 +688,14 @@ TRAINED_RECIPES = {
     "default": {},
     "previous default (2M + UniC, capped log-SNR)": dict(order=2, method="dpm++", timesteps="log_snr_capped", correct_history=False),
     "default without the history correction": dict(correct_history=False),
+    "DEIS-3 in ε + UniC, blend grid, at every budget": dict(order=3),
+    "2M + UniC, blend grid, history as evaluated (the default below 8 steps)": dict(order=2, method="dpm++", correct_history=False),
     "2M + UniC, blend grid, corrected history": dict(order=2, method="dpm++"),
     "DEIS-3 in ε + UniC, capped log-SNR grid": dict(order=3, method="deis", timesteps="log_snr_capped"),
     "DEIS-3 in ε + UniC, vp_quadratic grid": dict(order=3, method="deis", timesteps="vp_quadratic"),
     "auto": dict(method="auto"),
 }
-TRAINED_NFES = (5, 8, 10, 15, 20, 30)
+TRAINED_NFES = (5, 6, 8, 10, 15, 20, 30)
 
 
 def _trained_case(spec: str):
