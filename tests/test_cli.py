@@ -262,3 +262,12 @@ def _digits_toml(tmp_path):
     p = tmp_path / "d.toml"
     p.write_text("channels = 8\nnum_res_blocks = 1\nemb_dim = 32\nfinal_eval = false\n")
     return p
+
+
+def test_likelihood_anchor_race_skips_without_a_checkout_and_refuses_a_wrong_one(tmp_path, capsys):
+    from benchmarks import likelihood_anchor
+
+    assert likelihood_anchor.main([]) == 0
+    assert "skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a score_sde_pytorch checkout"):
+        likelihood_anchor.main(["--anchor", str(tmp_path)])
