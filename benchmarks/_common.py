@@ -75,3 +75,20 @@ def machine_note(device: torch.device | str) -> str:
     if d.type == "cuda":
         return f"{torch.cuda.get_device_name(d)}, torch {torch.__version__}"
     return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def load_run_case(ckpt: str, n: int, data: str | None = None):
+    """`(model, sde, config, x, label)` for a trained run: its EMA model, its training config, the first `n`
+    held-out points of `data` (default the run's own data; its training split if it has no test split) and a
+    short label "<parent>/<run> (<sde>, <data>)"."""
+    import scoresde
+    from scoresde.data import load_data
+
+    model, sde = scoresde.load(ckpt)
+    cfg = torch.load(Path(ckpt) / "checkpoint.pt" if Path(ckpt).is_dir() else ckpt, map_location="cpu",
+                     weights_only=False)["config"]
+    d = load_data(data or cfg["data"], seed=123)
+    x = (d.test if getattr(d, "test", None) is not None else d.train)[:n]
+    where = Path(ckpt).resolve()
+    where = where.parent if where.is_file() else where
+    return model, sde, cfg, x, f"{where.parent.name}/{where.name} ({cfg['sde']}, {cfg['data']})"

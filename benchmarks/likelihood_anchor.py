@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._common import machine_note, out_dir, write_results
+from benchmarks._common import load_run_case, machine_note, out_dir, write_results
+from benchmarks.likelihood_time import nfe_at
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -107,18 +108,6 @@ def run_ours(sde, score_fn, x, tol, time_var=None, dtype=torch.float32):
     return r, time.perf_counter() - t0
 
 
-def at_error(points, err: float) -> float:
-    """Wall seconds at which a swept curve [(err, wall)] reaches `err` (log-log interpolation); nan if never."""
-    pts = sorted(points, key=lambda p: -p[0])  # loosest first
-    for (e0, w0), (e1, w1) in zip(pts, pts[1:]):
-        if e1 <= err <= e0 and e0 > e1:
-            w = (math.log(err) - math.log(e0)) / (math.log(e1) - math.log(e0))
-            return math.exp(math.log(w0) + w * (math.log(w1) - math.log(w0)))
-    if err >= pts[0][0]:
-        return pts[0][1]  # even our loosest solve is as accurate
-    return float("nan")
-
-
 def check_alignment(a_sde, net, score_fn, x) -> None:
     """The anchor's score of our network must be our score: one mismatch in the label or std conventions and the
     race compares two different ODEs."""
@@ -159,7 +148,7 @@ def race(name, sde, a_sde, likelihood_mod, score32, score64, event_shape, x, rep
         err_o = float((r.logp.double() - ref_ours).abs().mean())
         (rt, _), wall_t = best(lambda: run_ours(sde, score32, x, tol, time_var="t"))
         err_t = float((rt.logp.double() - ref_ours).abs().mean())
-        eq = at_error(sweep, err_a)
+        eq = nfe_at([(w, e) for e, w in sweep], err_a)  # wall seconds at the anchor's error
         row = {"case": name, "tol": tol,
                "anchor evals (score calls)": f"{nfe_a} ({calls_a})", "anchor error": f"{err_a:.1e}",
                "anchor s": round(wall_a, 3),
@@ -185,22 +174,14 @@ def oracle_cases(sde_lib, likelihood_mod, quick, repeats, rows):
 def network_cases(sde_lib, likelihood_mod, ckpts, quick, repeats, rows):
     import copy
 
-    from scoresde.data import load_data
-
     for ck in ckpts:
-        model, sde = scoresde.load(ck)
+        model, sde, cfg, x, label = load_run_case(ck, 16 if quick else 64)
         a_sde = anchor_sde(sde_lib, sde)
-        cfg = torch.load(Path(ck) / "checkpoint.pt" if Path(ck).is_dir() else ck, map_location="cpu", weights_only=False)["config"]
         if a_sde is None:
             print(f"  {ck}: the anchor has no {type(sde).__name__}; skipped", flush=True)
             continue
-        d = load_data(cfg["data"], seed=123)
-        x = (d.test if getattr(d, "test", None) is not None else d.train)[: (16 if quick else 64)].float()
-        model64 = copy.deepcopy(model).double()
-        where = Path(ck).resolve()
-        where = where.parent if where.is_file() else where
-        race(f"network {where.name} ({cfg['sde']}, {cfg['data']})", sde, a_sde, likelihood_mod, model, model64,
-             tuple(model.event_shape), x, repeats, rows)
+        race(f"network {label}", sde, a_sde, likelihood_mod, model, copy.deepcopy(model).double(),
+             tuple(model.event_shape), x.float(), repeats, rows)
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ import math
 import time
 from pathlib import Path
 
-from benchmarks._common import machine_note, out_dir, write_results
+from benchmarks._common import load_run_case, machine_note, out_dir, write_results
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -48,7 +48,8 @@ def curve(run, tols):
 
 
 def nfe_at(curve_pts, err: float) -> float:
-    """NFE at which this curve reaches `err`, by log-log interpolation (errors decrease along the curve)."""
+    """NFE (or whatever cost the points' first coordinate is) at which this curve of (cost, error) reaches `err`, by
+    log-log interpolation (errors decrease along the curve)."""
     pts = sorted(curve_pts, key=lambda p: p[0])
     le = np.log([max(e, 1e-300) for _, e in pts])
     ln = np.log([n for n, _ in pts])
@@ -95,15 +96,10 @@ def oracle_cases(quick: bool, rows, curves_out):
 
 
 def network_cases(ckpts, data, quick: bool, rows, curves_out):
-    from scoresde.data import load_data
-
     tols = (1e-3, 1e-5) if quick else TOLS
     for ck in ckpts:
-        model, sde = scoresde.load(ck)
-        model = model.double()
-        cfg = torch.load(Path(ck) / "checkpoint.pt" if Path(ck).is_dir() else ck, map_location="cpu", weights_only=False)["config"]
-        d = load_data(data or cfg["data"], seed=123)
-        x = d.test[: (16 if quick else 64)].double() if getattr(d, "test", None) is not None else d.train[:64].double()
+        model, sde, cfg, x, label = load_run_case(ck, 16 if quick else 64, data)
+        model, x = model.double(), x.double()
         D = x[0].numel()
         div = "exact" if D <= 16 else "hutchinson"
         kw = dict(divergence=div, eps=EPS)
@@ -114,9 +110,7 @@ def network_cases(ckpts, data, quick: bool, rows, curves_out):
                                         generator=torch.Generator().manual_seed(0), **kw)
             return r.nfe, float((r.logp - ref.logp).abs().mean())
 
-        where = Path(ck).resolve()
-        where = where.parent if where.is_file() else where
-        name = f"network {where.parent.name}/{where.name} ({cfg['sde']}, {cfg['data']}, {div})"
+        name = f"network {label[:-1]}, {div})"
         curves_out[name] = study(name, run, tols, rows)
 
 
