@@ -223,6 +223,38 @@ def test_no_graph_kept():
     assert lin.weight.grad is None
 
 
+@pytest.mark.parametrize("method,unused,stages", [("dopri5", (1,), 6), ("dopri8", (1, 2, 3, 4), 13)])
+def test_divergence_skipped_where_the_tableau_gives_it_zero_weight(method, unused, stages, monkeypatch):
+    """dopri5's stage 2 (dopri8's 2-5) enters neither the solution, the error estimate nor the dense output, so
+    the divergence is not computed there: one score call without a graph per step attempt, the result unchanged
+    to the last bit."""
+    from scoresde.samplers import ode
+
+    assert ode.METHODS[method]["unused_stages"] == unused  # read from torchdiffeq's tableau
+    mix, sde = scoresde.ring8(), scoresde.VPSDE()
+    exact = mix.score_fn(sde)
+    graphs = []
+
+    def score(x, t):
+        graphs.append(torch.is_grad_enabled() and x.requires_grad)
+        return exact(x, t)
+
+    x = data(mix, 16)
+    for div in ("hutchinson", "exact"):
+        graphs.clear()
+        kw = dict(divergence=div, method=method)
+        res = log_likelihood(sde, score, x, generator=torch.Generator().manual_seed(0), **kw)
+        skipped = graphs.count(False)
+        monkeypatch.setitem(ode.METHODS, method, dict(ode.METHODS[method], unused_stages=()))
+        graphs.clear()
+        ref = log_likelihood(sde, score, x, generator=torch.Generator().manual_seed(0), **kw)
+        monkeypatch.undo()
+        assert graphs.count(False) == 0 and res.nfe == ref.nfe == len(graphs)
+        assert (res.nfe - 2) % stages == 0  # f(t0) and the initial-step probe, then `stages` calls per attempt
+        assert skipped == len(unused) * (res.nfe - 2) // stages > 0
+        assert torch.equal(res.logp, ref.logp) and torch.equal(res.z, ref.z)
+
+
 # -- encode / decode ----------------------------------------------------------------------
 
 

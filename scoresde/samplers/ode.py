@@ -37,10 +37,22 @@ def _method_table() -> Dict[str, dict]:
         if not isinstance(cls, type):
             continue
         if issubclass(cls, AdaptiveStepsizeODESolver):
-            table[name] = dict(order=cls.order, adaptive=True, nfe_per_step=None)
+            table[name] = dict(order=cls.order, adaptive=True, nfe_per_step=None, unused_stages=_unused_stages(cls))
         elif issubclass(cls, FixedGridODESolver):  # scipy_solver is left out: it goes through the host
-            table[name] = dict(order=cls.order, adaptive=False, nfe_per_step=stages.get(name))
+            table[name] = dict(order=cls.order, adaptive=False, nfe_per_step=stages.get(name), unused_stages=())
     return table
+
+
+def _unused_stages(cls) -> tuple:
+    """Indices `i` (0 = the step's first-same-as-last stage) of an RK tableau's stages whose derivative enters
+    neither the solution, the error estimate nor the dense output: there a component that does not feed back
+    into the field (the likelihood's `Δ`) need not be computed. dopri5: stage 2; dopri8: stages 2-5."""
+    tableau = getattr(cls, "tableau", None)
+    if tableau is None:
+        return ()
+    mid = getattr(cls, "mid", None)
+    return tuple(i for i in range(1, len(tableau.c_sol))
+                 if tableau.c_sol[i] == 0 and tableau.c_error[i] == 0 and (mid is None or mid[i] == 0))
 
 
 METHODS = _method_table()
@@ -86,6 +98,14 @@ class ProbabilityFlowField(torch.nn.Module):
         self.u_range: Optional[tuple] = None  # set by solve_ode: the interval being integrated
         self.flow = sde.reverse(score_fn, probability_flow=True)
         self.batch, self.divergence, self.progress = batch, divergence, progress
+        # Set by solve_ode: the RK stages where the divergence goes unused (it is multiplied by zero weights).
+        self.unused_stages: tuple = ()
+        self._stage: Optional[int] = None  # the stage of the next call, once an adaptive step has begun
+
+    def callback_step(self, t0, y0, dt) -> None:
+        """torchdiffeq's hook before each adaptive step attempt: the calls that follow are stages 1, 2, ... of
+        that step (stage 0 is the previous step's last)."""
+        self._stage = 1
 
     # -- the change of variable: u <-> t --------------------------------------------------------------
 
@@ -98,10 +118,9 @@ class ProbabilityFlowField(torch.nn.Module):
             return rho
         return (rho / 3).exp() if self.time == "cbrt_sigma" else rho.exp()
 
-    def _t_and_rate(self, u: Tensor):
-        """`(t, dt/du)` at the solver's `u` (0-d or (1,) tensor)."""
-        if self.time == "t":
-            return u, None
+    def _t_and_coefs(self, u: Tensor):
+        """`(t, a, b)` at the solver's `u` (0-d or (1,) tensor), with `dx/du = a x + b s(x, t)`: `a = f dt/du`,
+        `b = -½ g² dt/du` (one schedule evaluation; the field is linear in `x` and `s` given `u`)."""
         u = u.reshape(1)
         if self.u_range is not None:
             # torchdiffeq's initial-step probe may look past the end point (u < 0 has no noise level).
@@ -114,19 +133,29 @@ class ProbabilityFlowField(torch.nn.Module):
         t = self.sde.t_from_half_log_snr(-rho)
         s = self.sde._schedule(t)
         rate = 2 * s.sigma**2 / s.g2  # dt/dρ = 1/(dρ/dt), dρ/dt = -λ' = g²/(2σ²)
-        return t, rate if drho is None else rate * drho
+        if drho is not None:
+            rate = rate * drho
+        return t, rate * s.f, -0.5 * rate * s.g2
 
     def velocity(self, x: Tensor, u: Tensor) -> Tensor:
         if self.progress is not None:
             self.progress.update(1)
-        t, rate = self._t_and_rate(u)
-        v = self.flow._drift(x, t.to(x.dtype).expand(self.batch))
-        return v if rate is None else v * rate.to(x.dtype)
+        if self.time == "t":
+            return self.flow._drift(x, u.to(x.dtype).expand(self.batch))
+        t, a, b = self._t_and_coefs(u)
+        dt = x.dtype
+        return a.to(dt) * x + b.to(dt) * self.flow.score_fn(x, t.to(dt).expand(self.batch))
 
     def forward(self, u: Tensor, state):
         if self.divergence is None:
             with torch.no_grad():
                 return self.velocity(state, u)
+        stage = self._stage
+        if stage is not None:
+            self._stage = stage + 1
+            if stage in self.unused_stages:  # the velocity is needed for later stages; no graph, no VJP
+                with torch.no_grad():
+                    return self.velocity(state[0], u), torch.zeros_like(state[1])
         with torch.enable_grad():
             x = state[0].detach().requires_grad_(True)
             v = self.velocity(x, u)
@@ -155,6 +184,7 @@ def solve_ode(field: ProbabilityFlowField, state, t0: float, t1: float, ref: Ten
     if grid is not None:
         grid = field.to_u(grid.to(torch.float64)).to(ref.dtype)
     field.u_range = (t.min(), t.max())
+    field.unused_stages, field._stage = METHODS[method]["unused_stages"], None
     if METHODS[method]["adaptive"]:
         # Land exactly on the end point: stepping past it evaluates the field outside [0, T]
         # (t < 0 is NaN for VP; t > T is NaN for the cosine schedule) -> "underflow in dt".
