@@ -156,7 +156,11 @@ def log_likelihood(
     `step_size`); `options` is passed through. `eps=None` is
     `sde.default_likelihood_eps` (1e-5 for the built-ins; for another linear SDE
     the time of VP's noise level at 1e-5). `nfe` counts score evaluations.
-    Memory does not grow with the solver steps.
+    Memory does not grow with the solver steps. Each evaluation is one score
+    call and its VJPs, except at the Runge-Kutta stages whose derivative the
+    tableau weights by zero (dopri5's stage 2 of 6, dopri8's 2-5 of 13): there
+    the score is called without a graph and the divergence is skipped, with
+    the same result to the last bit.
 
     `time` is the variable the solver steps in: `"t"`, or the noise level
     `σ̃ = σ/m` as `"sigma"`, `"cbrt_sigma"` (σ̃^{1/3}) or `"log_sigma"` (-λ), for
