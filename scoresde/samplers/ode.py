@@ -143,8 +143,8 @@ class ProbabilityFlowField(torch.nn.Module):
         if self.time == "t":
             return self.flow._drift(x, u.to(x.dtype).expand(self.batch))
         t, a, b = self._t_and_coefs(u)
-        dt = x.dtype
-        return a.to(dt) * x + b.to(dt) * self.flow.score_fn(x, t.to(dt).expand(self.batch))
+        dtype = x.dtype
+        return a.to(dtype) * x + b.to(dtype) * self.flow.score_fn(x, t.to(dtype).expand(self.batch))
 
     def forward(self, u: Tensor, state):
         if self.divergence is None:
