@@ -64,10 +64,16 @@ class DPMSolver(Sampler):
     diffusers/k-diffusion configuration (the previous default: 0.64-2.97x). Any explicit `order`, `method`,
     `prediction` or `basis` turns the per-budget switch off.
 
-    `method="auto"` is DEIS tAB in ε with the corrector on the `"vp_quadratic"` grid (order 3 below 15 steps, 4
-    from 15), the recipe for exact or very accurate scores: 0.15-0.66x the best peer on the race, but on trained
-    models at 10 NFE up to 5.7x the previous default's error (its large first step at high noise meets the network's least
-    accurate score)."""
+    `method="auto"` is DEIS tAB in D with the corrector and the corrected history, interpolating in VP's clock
+    (`basis="vp_t"`), on the `"vp_power"` grid (uniform in `t^{0.4}` on VP's clock; order 3 below 15 steps, 4 from
+    15): the recipe for exact or very accurate scores. On the exact-score race it is within 0.5x the best
+    diffusers/k-diffusion configuration in all ten cases (`benchmarks/solvers.py --race`); on exact mixtures
+    under six SDEs (VP, sub-VP, VE, cosine, two user SDEs) 0.46x the default's error (geometric mean of 72 cases at
+    10 and 20 NFE, above it in 8, at most 1.21x). Not the default: on 11 trained models it is at 0.91-1.21x the
+    default's error from 8 to 30 NFE (geometric mean), but 5-9x on a class-conditional ring under guidance at 8-10
+    NFE and 1-22x on three held-out guided models: its large first steps at high noise meet a score that bends
+    there. (The earlier auto, the same in ε on `"vp_quadratic"`: 0.15-0.66x the best peer, 2-7x the default on
+    the trained models at 5-10 NFE.)"""
 
     weak_order = None
     nfe_per_step = 1
@@ -82,7 +88,7 @@ class DPMSolver(Sampler):
         self._per_budget = method is None and order is None and prediction is None and basis is None
         self._auto = method == "auto"
         if self._auto:
-            method, prediction, basis, timesteps = "deis", "eps", "vp_t", timesteps or "vp_quadratic"
+            method, prediction, basis, timesteps = "deis", "data", "vp_t", timesteps or "vp_power"
             order = _AUTO_ORDER_LARGE if order is None else order
         method, basis = method or "deis", basis or "t"
         if order is None:
@@ -104,7 +110,9 @@ class DPMSolver(Sampler):
         self.order = order + 1 if self.corrector and not (method == "dpm++" and order == 3) else order  # type: ignore[misc]
         if method == "ipndm":  # equal-step weights on unequal steps: second order (measured), corrected or not
             self.order = 1 if order == 1 and not self.corrector else 2  # type: ignore[misc]
-        if self._auto:  # measured slope ~3.8 on VP at 32-128 steps: the corrector's extra order does not show on this grid
+        if self._auto:
+            # measured slopes at 32-128 steps: 4.3-4.5 on VP and sub-VP, 4.0 on a cosine user SDE, 3.6 on VE (6.2,
+            # 6.3, 5.5, 4.8 at 16-64): the corrector's extra order shows before 64 steps and fades after
             self.order = 4  # type: ignore[misc]
         self.timesteps = "blend" if timesteps is None else timesteps
         self.lower_order_final = bool(lower_order_final)
