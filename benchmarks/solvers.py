@@ -579,7 +579,8 @@ def _ours(sde_of, score_for, x_T, nfe, lam_start, lam_end, table, sampler="dpm_s
 def peer_race(datasets, nfes, n, dtype, rows, ours_variants=None, peers=True, only=None):
     """Per case and NFE: every peer configuration's pathwise error (each on its own end points, against dopri5 at
     1e-9 from the same x_T) and ours on the best one's end points; rows carry "kind" peer/ours/variant. `only`: a
-    set of peer labels to run (the rest skipped)."""
+    set of peer labels to run (the rest skipped). `ours_variants` ({label: sample options}) also run on the best
+    peer's end points (kind "variant@best", with "/ best peer"): how the README's variants were compared."""
     table = _VPTable()
     dif_cfgs = _diffusers_configs() if peers else []
     kd = _kdiffusion_sampling() if peers else None
@@ -644,6 +645,11 @@ def peer_race(datasets, nfes, n, dtype, rows, ours_variants=None, peers=True, on
                 case.append({"data": data_name, "NFE budget": nfe, "sampler": 'dpm_solver method="auto", on the best peer\'s end points',
                              "kind": "auto@best", "NFE": nfe, "λ start": round(a, 4), "λ end": b if math.isinf(b) else round(b, 4),
                              "path err": err(x, a, b)})
+                for label, opts in (ours_variants or {}).items():  # the variants on the same end points as ours@best
+                    x = _ours(lambda s: _vp_on(table, s), score_for, x_T, nfe, a, b, table, **opts)
+                    case.append({"data": data_name, "NFE budget": nfe, "sampler": f"{label}, on the best peer's end points",
+                                 "kind": "variant@best", "NFE": nfe, "λ start": round(a, 4),
+                                 "λ end": b if math.isinf(b) else round(b, 4), "path err": err(x, a, b)})
                 for r in case:
                     r.pop("_ends", None)
                 for r in case:

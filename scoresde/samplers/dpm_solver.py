@@ -88,7 +88,8 @@ class DPMSolver(Sampler):
         self._per_budget = method is None and order is None and prediction is None and basis is None
         self._auto = method == "auto"
         if self._auto:
-            method, prediction, basis, timesteps = "deis", "data", "vp_t", timesteps or "vp_power"
+            # the recipe's parts, each overridable (an option given is never silently dropped)
+            method, prediction, basis, timesteps = "deis", prediction or "data", basis or "vp_t", timesteps or "vp_power"
             order = _AUTO_ORDER_LARGE if order is None else order
         method, basis = method or "deis", basis or "t"
         if order is None:
