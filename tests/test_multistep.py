@@ -95,6 +95,8 @@ def test_default_per_budget():
     assert (a.method, a.prediction, a.basis, a.timesteps, a.corrector) == ("deis", "data", "vp_t", "vp_power", True)
     e = DPMSolver(method="auto", prediction="eps", basis="t", timesteps="log_snr")  # options given are kept
     assert (e.prediction, e.basis, e.timesteps, e.order_for(14), e.order_for(15)) == ("eps", "t", "log_snr", 3, 4)
+    a2 = DPMSolver(method="auto", order=2)
+    assert a2.order_for(5) == a2.order_for(40) == 2 and a2.order == 3  # DEIS-2 + the corrector
     assert a.order_for(5) == a.order_for(14) == 3 and a.order_for(15) == 4 and a.order_for(40) == 4
     # a choice made turns the per-budget switch off: order 2 is DEIS-2 at every budget, method="dpm++" is 2M + UniC
     assert DPMSolver(2).recipe_for(5) == ("deis", "eps", 2, True)

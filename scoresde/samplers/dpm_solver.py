@@ -88,6 +88,7 @@ class DPMSolver(Sampler):
         # No choice made: the per-budget default (2M below _DATA_FORM_BELOW steps)
         self._per_budget = method is None and order is None and prediction is None and basis is None
         self._auto = method == "auto"
+        self._auto_orders = self._auto and order is None  # auto's 3-then-4 switch, unless an order is given
         if self._auto:
             # the recipe's parts, each overridable (an option given is never silently dropped)
             method, prediction, basis, timesteps = "deis", prediction or "data", basis or "vp_t", timesteps or "vp_power"
@@ -112,7 +113,7 @@ class DPMSolver(Sampler):
         self.order = order + 1 if self.corrector and not (method == "dpm++" and order == 3) else order  # type: ignore[misc]
         if method == "ipndm":  # equal-step weights on unequal steps: second order (measured), corrected or not
             self.order = 1 if order == 1 and not self.corrector else 2  # type: ignore[misc]
-        if self._auto:
+        if self._auto_orders:
             # measured slopes at 32-128 steps: 4.3-4.5 on VP and sub-VP, 4.0 on a cosine user SDE, 3.6 on VE (6.2,
             # 6.3, 5.5, 4.8 at 16-64): the corrector's extra order shows before 64 steps and fades after
             self.order = 4  # type: ignore[misc]
@@ -141,7 +142,7 @@ class DPMSolver(Sampler):
         history = True if self.correct_history is None else self.correct_history
         if self._per_budget and steps < _DATA_FORM_BELOW:
             return "dpm++", "data", 2, self.correct_history is True
-        if self._auto and steps < _AUTO_ORDER4_FROM:
+        if self._auto_orders and steps < _AUTO_ORDER4_FROM:
             return self.method, self.prediction, 3, history
         return self.method, self.prediction, self.predictor_order, history
 
