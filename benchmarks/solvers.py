@@ -635,21 +635,14 @@ def peer_race(datasets, nfes, n, dtype, rows, ours_variants=None, peers=True, on
             if peers_here:
                 best = min(peers_here, key=lambda r: r["path err"])
                 a, b = best["_ends"]
-                x = _ours(lambda s: _vp_on(table, s), score_for, x_T, nfe, a, b, table)
-                e_ours = err(x, a, b)
-                case.append({"data": data_name, "NFE budget": nfe, "sampler": "dpm_solver (default), on the best peer's end points",
-                             "kind": "ours@best", "NFE": nfe, "λ start": round(a, 4), "λ end": b if math.isinf(b) else round(b, 4),
-                             "path err": e_ours})
-                # method="auto", the recipe for exact scores, on the same end points
-                x = _ours(lambda s: _vp_on(table, s), score_for, x_T, nfe, a, b, table, method="auto")
-                case.append({"data": data_name, "NFE budget": nfe, "sampler": 'dpm_solver method="auto", on the best peer\'s end points',
-                             "kind": "auto@best", "NFE": nfe, "λ start": round(a, 4), "λ end": b if math.isinf(b) else round(b, 4),
-                             "path err": err(x, a, b)})
-                for label, opts in (ours_variants or {}).items():  # the variants on the same end points as ours@best
+                # ours, method="auto" (the recipe for exact scores) and any variants, all on the best peer's end points
+                at_best = [("dpm_solver (default)", "ours@best", {}), ('dpm_solver method="auto"', "auto@best", {"method": "auto"})]
+                at_best += [(label, "variant@best", opts) for label, opts in (ours_variants or {}).items()]
+                for label, kind, opts in at_best:
                     x = _ours(lambda s: _vp_on(table, s), score_for, x_T, nfe, a, b, table, **opts)
                     case.append({"data": data_name, "NFE budget": nfe, "sampler": f"{label}, on the best peer's end points",
-                                 "kind": "variant@best", "NFE": nfe, "λ start": round(a, 4),
-                                 "λ end": b if math.isinf(b) else round(b, 4), "path err": err(x, a, b)})
+                                 "kind": kind, "NFE": nfe, "λ start": round(a, 4), "λ end": b if math.isinf(b) else round(b, 4),
+                                 "path err": err(x, a, b)})
                 for r in case:
                     r.pop("_ends", None)
                 for r in case:
