@@ -732,7 +732,8 @@ def trained_models(specs, nfes, n, rows, recipes=TRAINED_RECIPES):
                 errs[label] = float((x - ref).flatten(1).norm(dim=1).mean()) / scale
             base = errs["previous default (2M + UniC, capped log-SNR)"]
             for label, e in errs.items():
-                rows.append({"model": case, "NFE": nfe, "recipe": label, "rel. path err": e, "/ previous default": round(e / base, 3)})
+                rows.append({"model": case, "NFE": nfe, "recipe": label, "rel. path err": e, "/ previous default": round(e / base, 3),
+                             "/ default": round(e / errs["default"], 3)})
             print(f"{case:<16} NFE {nfe:>3}: default {errs['default']:.3g}, previous {base:.3g} "
                   f"({errs['default'] / base:.2f}x)", flush=True)
 
@@ -795,6 +796,44 @@ def trained_main(args) -> int:
     return 0
 
 
+# `--auto`: method="auto" against the default on exact mixtures, six SDEs (the built-ins and two user SDEs)
+AUTO_SDES = {**SDES, "ou (user)": _OrnsteinUhlenbeck, "constant β (user)": _ConstantBetaVP}
+AUTO_DATA = {"ring": lambda: _data("ring"), "grid16": lambda: _data("grid16"), "rand16": lambda: _data("rand16"),
+             "mix64": lambda: _data("mix64"),
+             "rand8 (seed 21)": lambda: (scoresde.random_mixture(8, 5, cov="full", seed=21), (8,)),
+             "iso48 (seed 3)": lambda: (scoresde.random_mixture(48, 10, cov="iso", seed=3), (48,))}
+
+
+def auto_vs_default(nfes, n, rows, eps=1e-3):
+    """Pathwise error of `method="auto"` over the default's, same x_T, against dopri5 at 1e-9 (float64)."""
+    for d_name, make in AUTO_DATA.items():
+        mix, ev = make()
+        for s_name, cls in AUTO_SDES.items():
+            sde = cls()
+            x_T = sde.prior_sample((n,) + ev, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            ref = sample(sde, mix.score_fn(sde), None, x_T=x_T, sampler="ode", rtol=1e-9, atol=1e-9, eps=eps, denoise=False)
+            for nfe in nfes:
+                e = {lab: float((sample(sde, mix.score_fn(sde), None, x_T=x_T, sampler=DPMSolver(**kw), steps=nfe, eps=eps,
+                                        denoise=False) - ref).flatten(1).norm(dim=1).mean())
+                     for lab, kw in (("default", {}), ("auto", {"method": "auto"}))}
+                rows.append({"data": d_name, "sde": s_name, "NFE": nfe, "default": e["default"], "auto": e["auto"],
+                             "auto / default": round(e["auto"] / e["default"], 3)})
+
+
+def auto_main(args) -> int:
+    torch.set_num_threads(1)
+    out = out_dir(args.out)
+    rows: list = []
+    auto_vs_default(RACE_NFES, 128, rows)
+    print(write_results(out, "auto_vs_default", rows, {"machine": machine_note("cpu"), "n": 128}))
+    q = [r["auto / default"] for r in rows]
+    worst = max(rows, key=lambda r: r["auto / default"])
+    print(f"auto / default over {len(q)} cases: geometric mean {math.exp(sum(map(math.log, q)) / len(q)):.3f}, "
+          f"above 1 in {sum(v > 1 for v in q)}, max {worst['auto / default']:.2f} ({worst['data']}, {worst['sde']}, "
+          f"{worst['NFE']} NFE)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.solvers", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one SDE, the ring, two NFE values (< 1 min)")
@@ -807,7 +846,11 @@ def main(argv=None) -> int:
                    "(RUN:K: class K under classifier-free guidance): path error against each model's own converged ODE")
     p.add_argument("--trained-n", type=int, default=256, help="x_T samples per trained model (default 256)")
     p.add_argument("--nfe", default=None, help=f"with --trained: comma-separated NFE (default {','.join(map(str, TRAINED_NFES))})")
+    p.add_argument("--auto", action="store_true", help='only dpm_solver method="auto" against the default on exact '
+                   "mixtures under six SDEs, pathwise error at 10 and 20 NFE (30 s)")
     args = p.parse_args(argv)
+    if args.auto:
+        return auto_main(args)
     if args.race:
         return race_main(args)
     if args.trained:

@@ -67,14 +67,14 @@ class DPMSolver(Sampler):
     `method="auto"` is DEIS tAB in D with the corrector and the corrected history, interpolating in VP's clock
     (`basis="vp_t"`), on the `"vp_power"` grid (uniform in `t^{0.4}` on VP's clock; order 3 below 15 steps, 4 from
     15; a `prediction`, `basis`, `order` or `timesteps` given with it replaces that part): the recipe for exact or
-    very accurate scores. On the exact-score race it is within 0.5x the best diffusers/k-diffusion configuration
-    in all ten cases (`benchmarks/solvers.py --race`); on exact mixtures
-    under six SDEs (VP, sub-VP, VE, cosine, two user SDEs) 0.46x the default's error (geometric mean of 72 cases at
-    10 and 20 NFE, above it in 8, at most 1.21x). Not the default: on 11 trained models it is at 0.91-1.21x the
-    default's error from 8 to 30 NFE (geometric mean), but 5-9x on a class-conditional ring under guidance at 8-10
-    NFE and 1-22x on three held-out guided models: its large first steps at high noise meet a score that bends
-    there. (The earlier auto, the same in ε on `"vp_quadratic"`: 0.15-0.66x the best peer, 2-7x the default on
-    the trained models at 5-10 NFE.)"""
+    very accurate scores. On the exact-score race it is within 0.5x the best diffusers/k-diffusion configuration in
+    all ten cases (`benchmarks/solvers.py --race`); on exact mixtures under six SDEs (VP, sub-VP, VE, cosine, two
+    user SDEs) 0.46x the default's error (geometric mean of 72 cases at 10 and 20 NFE, above it in 8, at most 1.21x;
+    `--auto`). Not the default: on 11 trained models it is at 0.91-1.21x the default's error from 8 to 30 NFE
+    (geometric mean), but 5-9x on a class-conditional ring under guidance at 8-10 NFE and 0.9-41x on three held-out
+    guided models at 8-20 NFE: its large first steps at high noise meet a score that bends there. (The earlier auto,
+    the same in ε on `"vp_quadratic"`: 0.15-0.66x the best peer, 2-7x the default on the trained models at 5-10
+    NFE.)"""
 
     weak_order = None
     nfe_per_step = 1
