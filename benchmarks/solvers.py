@@ -11,6 +11,7 @@ overhead.*, and two PNGs.
 `--race`: the same ODE raced against diffusers' schedulers and k-diffusion's samplers when importable.
 `--trained RUN [RUN:K ...]`: the dpm_solver recipes (the default, the previous default, ablations) on trained
 models, each against its own converged ODE; writes trained.*, trained_summary.md and solvers_trained.png.
+`--along exact RUN [RUN:K ...]`: a picture of D and ε along converged paths with the default's and `auto`'s grids.
 """
 
 from __future__ import annotations
@@ -834,6 +835,94 @@ def auto_main(args) -> int:
     return 0
 
 
+# `--along`: what the solver meets on the way, D and ε along the converged path, with the two grids marked
+ALONG_PATHS = 4
+
+
+def _along_case(spec: str):
+    """`exact` (the oracle's ring8 under VP) or a trained `RUN[:K]`: (label, sde, score_fn, event shape)."""
+    if spec == "exact":
+        sde = scoresde.VPSDE()
+        return "exact score (ring8, VP)", sde, scoresde.ring8().score_fn(sde), (2,)
+    return _trained_case(spec)
+
+
+def along_path(specs, out, steps=10) -> list:
+    """Per case: D = (x + σ² s)/m and ε = -σ s along dopri5 paths (rtol = atol = 1e-6) from 4 prior draws, against
+    VP's t^{0.4} at the same noise level (the axis in which `vp_power`'s steps are even), and the t of the
+    default's and `auto`'s grids at `steps` steps. Returns one summary row per case: the largest |D| jump between
+    neighbouring path points in the first tenth of the axis (high noise) over its jump in the rest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchdiffeq import odeint
+
+    from scoresde.samplers import _initial_state
+
+    vp = scoresde.VPSDE()
+    fig, axes = plt.subplots(2, len(specs), figsize=(4.2 * len(specs), 6.4), squeeze=False)
+    rows = []
+    for col, spec in enumerate(specs):
+        label, sde, score, shape = _along_case(spec)
+        dtype = torch.float64 if spec == "exact" else torch.float32
+        eps = sde.default_eps
+        x_T = _initial_state(sde, (ALONG_PATHS,) + shape, None, torch.Generator().manual_seed(0), torch.device("cpu"), dtype)
+        # the axis: VP's t^{0.4} at each noise level, from the SDE's own λ(T) to λ(eps)
+        lam_ends = sde.half_log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
+        u_ends = vp.t_from_half_log_snr(lam_ends) ** 0.4
+        u = torch.linspace(float(u_ends[0]), float(u_ends[1]), 301, dtype=torch.float64)
+        ts = sde.t_from_half_log_snr(vp._half_log_snr(u ** 2.5)).clamp(eps, sde.T)
+        ts[0], ts[-1] = sde.T, eps
+        flow = sde.reverse(score, probability_flow=True)
+        B = x_T.shape[0]
+        with torch.no_grad():
+            xs = odeint(lambda t, y: flow.drift(y, t.clamp(eps, sde.T).to(y.dtype).expand(B)), x_T, ts.to(dtype),
+                        rtol=1e-6, atol=1e-6)
+            sched = sde._schedule(ts.to(dtype))
+            d_path, e_path = [], []
+            for i in range(len(ts)):
+                s = score(xs[i], ts[i].to(dtype).expand(B))
+                d_path.append(sched[i].x0_from_score(xs[i], s).flatten(1)[:, 0])
+                e_path.append(sched[i].eps_from_score(s).flatten(1)[:, 0])
+        d_path, e_path = torch.stack(d_path), torch.stack(e_path)
+        jumps = d_path.diff(dim=0).abs().max(dim=1).values
+        head = len(jumps) // 10
+        rows.append({"case": label, "max |ΔD| high noise (first tenth)": f"{float(jumps[:head].max()):.3g}",
+                     "max |ΔD| rest": f"{float(jumps[head:].max()):.3g}",
+                     "ratio": round(float(jumps[:head].max() / jumps[head:].max()), 2)})
+        for row, (path, name) in enumerate(((d_path, "D (data prediction), 1st coordinate"),
+                                             (e_path, "ε (noise prediction), 1st coordinate"))):
+            ax = axes[row, col]
+            ax.plot(u.numpy(), path.numpy(), lw=1)
+            lo, hi = np.quantile(path.numpy(), [0.02, 0.98])
+            pad = 0.25 * (hi - lo) + 1e-3
+            ax.set_ylim(lo - pad, hi + pad)  # the high-noise blow-up of D runs off the top: its start is what shows
+            for solver, color, y in ((DPMSolver(), "C3", 0.02), (DPMSolver(method="auto"), "k", 0.08)):
+                grid = solver.grid(sde, steps, eps, torch.zeros((), dtype=torch.float64))
+                gu = vp.t_from_half_log_snr(sde.half_log_snr(grid.to(torch.float64))) ** 0.4
+                ax.plot(gu.numpy(), np.full(len(gu), lo - pad + y * (hi - lo + 2 * pad)), "|", color=color, ms=8,
+                        label=f"{'auto' if solver._auto else 'default'} grid, {steps} steps")
+            ax.set_title(f"{label}\n{name}", fontsize=8)
+            ax.invert_xaxis()
+            ax.set_xlabel("VP t^0.4 at the same noise level (sampling runs right to left)", fontsize=7)
+        axes[0, col].legend(fontsize=6, loc="upper left")
+    fig.suptitle("What a fixed-step solver meets: D and ε along converged probability-flow paths", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return rows
+
+
+def along_main(args) -> int:
+    torch.set_num_threads(1)
+    out = out_dir(args.out)
+    rows = along_path(args.along, out / "solvers_along_path.png")
+    print(write_results(out, "along_path", rows, {"machine": machine_note("cpu"), "paths": ALONG_PATHS}))
+    print(f"wrote {out}/along_path.md, solvers_along_path.png")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.solvers", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one SDE, the ring, two NFE values (< 1 min)")
@@ -848,7 +937,12 @@ def main(argv=None) -> int:
     p.add_argument("--nfe", default=None, help=f"with --trained: comma-separated NFE (default {','.join(map(str, TRAINED_NFES))})")
     p.add_argument("--auto", action="store_true", help='only dpm_solver method="auto" against the default on exact '
                    "mixtures under six SDEs, pathwise error at 10 and 20 NFE (30 s)")
+    p.add_argument("--along", nargs="+", metavar="RUN[:K]|exact", help="only a picture: D and ε along converged "
+                   "probability-flow paths of these runs (`exact`: the oracle's ring under VP), with the default's "
+                   "and auto's 10-step grids marked; writes solvers_along_path.png")
     args = p.parse_args(argv)
+    if args.along:
+        return along_main(args)
     if args.auto:
         return auto_main(args)
     if args.race:

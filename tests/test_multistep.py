@@ -192,3 +192,15 @@ def test_bad_options(kw, word):
     sde = scoresde.VPSDE()
     with pytest.raises(ValueError, match=word):
         sample(sde, RING.score_fn(sde), (4, 2), sampler="dpm_solver", steps=3, **kw)
+
+
+def test_along_path_exact_score_is_smooth_at_high_noise(tmp_path, one_thread):
+    """`benchmarks.solvers --along exact`: with the exact score, D barely moves at high noise (the ODE is nearly
+    linear there, which is what `auto`'s large first steps rely on), so its largest jump between neighbouring path
+    points in the first tenth of the axis is below the one in the rest; the picture is written."""
+    from benchmarks.solvers import along_path
+
+    (row,) = along_path(["exact"], tmp_path / "along.png")
+    assert row["ratio"] < 1.0, row
+    assert float(row["max |ΔD| high noise (first tenth)"]) < 0.05
+    assert (tmp_path / "along.png").stat().st_size > 10_000

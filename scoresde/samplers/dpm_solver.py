@@ -71,8 +71,10 @@ class DPMSolver(Sampler):
     all ten cases (`benchmarks/solvers.py --race`); on exact mixtures under six SDEs (VP, sub-VP, VE, cosine, two
     user SDEs) 0.46x the default's error (geometric mean of 72 cases at 10 and 20 NFE, above it in 8, at most 1.21x;
     `--auto`). Not the default: on 11 trained models it is at 0.91-1.21x the default's error from 8 to 30 NFE
-    (geometric mean), but 5-9x on a class-conditional ring under guidance at 8-10 NFE and 0.9-41x on three held-out
-    guided models at 8-20 NFE: its large first steps at high noise meet a score that bends there. (The earlier auto,
+    (geometric mean), but 5-9x on a class-conditional ring under guidance at 8-10 NFE, 0.9-41x on three held-out
+    guided models at 8-20 NFE and 2.0-5.2x on three unguided models trained with ε output and σ² weighting (the DDPM
+    setup) at 8-30 NFE: its large first steps at high noise meet a network whose D wiggles or blows up there, where
+    an exact score's is nearly constant (`benchmarks/solvers.py --along`). (The earlier auto,
     the same in ε on `"vp_quadratic"`: 0.15-0.66x the best peer, 2-7x the default on the trained models at 5-10
     NFE.)"""
 
