@@ -8,7 +8,8 @@ their recommended grids on the same ODE — also on two held-out mixtures the de
 framework overhead against bare score calls. Writes solvers.{md,csv,json}, fast10.*, fast10_summary.md,
 overhead.*, and two PNGs.
 
-`--race`: the same ODE raced against diffusers' schedulers and k-diffusion's samplers when importable.
+`--race`: the same ODE raced against diffusers' schedulers and k-diffusion's samplers when importable;
+`--race-runs RUN [RUN:K ...]` races them on trained default-VP runs instead of the exact mixtures.
 `--trained RUN [RUN:K ...]`: the dpm_solver recipes (the default, the previous default, ablations) on trained
 models, each against its own converged ODE; writes trained.*, trained_summary.md and solvers_trained.png.
 `--along exact RUN [RUN:K ...]`: a picture of D and ε along converged paths with the default's and `auto`'s grids.
@@ -352,6 +353,23 @@ def _race_data(name):
     return _data(name)
 
 
+def _race_run(spec: str):
+    """A trained VP run (`RUN`, or `RUN:K` for class K under classifier-free guidance at scale 1) as a race case:
+    `(score_for, event shape)`. The race's VP has the default β schedule on a horizon ~0.3% longer than T = 1
+    (diffusers' λ at timestep 999); there the network is called at t = 1, so every solver and the reference
+    integrate the same field. In float64, as the exact-score cases run."""
+    path, _, label = spec.partition(":")
+    model, sde = scoresde.load(path)
+    if type(sde) is not scoresde.VPSDE or (sde.beta_min, sde.beta_max, sde.T) != (0.1, 20.0, 1.0):
+        raise SystemExit(f"--race-runs {spec}: the race needs a run trained on the default VP SDE "
+                         f"(beta 0.1-20, T = 1, diffusers' linear-β table), got {sde!r}")
+    model = model.double()
+    from scoresde.guidance import classifier_free
+
+    score = classifier_free(model, int(label), 1.0) if label else model
+    return (lambda race_sde: (lambda x, t: score(x, t.clamp(max=sde.T)))), tuple(model.event_shape)
+
+
 class _VPTable:
     """diffusers' discrete VP table as half log-SNRs, and the continuous VP time for each λ."""
 
@@ -592,8 +610,11 @@ def peer_race(datasets, nfes, n, dtype, rows, ours_variants=None, peers=True, on
         print("peer race: k-diffusion is not importable: its samplers skipped")
     refs: dict = {}
     for data_name in datasets:
-        mix, ev = _race_data(data_name)
-        score_for = mix.score_fn
+        if data_name in RACE_CASES:
+            mix, ev = _race_data(data_name)
+            score_for = mix.score_fn
+        else:  # a trained run
+            score_for, ev = _race_run(data_name)
         x_T = torch.randn((n,) + ev, generator=torch.Generator().manual_seed(0), dtype=dtype)
 
         def reference(lam_start, lam_end):
@@ -680,7 +701,7 @@ def race_main(args) -> int:
     torch.set_num_threads(1)  # small tensors: a second intra-op thread only slows them on shared cores
     out = out_dir(args.out)
     rows: list = []
-    cases = ["ring"] if args.quick else RACE_CASES
+    cases = args.race_runs or (["ring"] if args.quick else RACE_CASES)
     peer_race(cases, (10,) if args.quick else RACE_NFES, 32 if args.quick else args.race_n, torch.float64, rows)
     meta = {"machine": machine_note(torch.device("cpu")), "n": args.race_n, "quick": args.quick}
     print(write_results(out, "race", rows, meta))
@@ -930,6 +951,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--race", action="store_true", help="only the race against diffusers' and k-diffusion's samplers "
                    "(when importable; pip install 'scoresde[bench]'): ours / best peer at 10 and 20 NFE per case")
+    p.add_argument("--race-runs", nargs="+", metavar="RUN[:K]", help="with --race: race on these trained runs (default "
+                   "VP SDE; RUN:K: class K under classifier-free guidance) instead of the exact mixtures")
     p.add_argument("--race-n", type=int, default=128, help="x_T samples per race case (default 128)")
     p.add_argument("--trained", nargs="+", metavar="RUN[:K]", help="only the dpm_solver recipes on these trained runs "
                    "(RUN:K: class K under classifier-free guidance): path error against each model's own converged ODE")
@@ -945,7 +968,7 @@ def main(argv=None) -> int:
         return along_main(args)
     if args.auto:
         return auto_main(args)
-    if args.race:
+    if args.race or args.race_runs:
         return race_main(args)
     if args.trained:
         return trained_main(args)

@@ -204,3 +204,28 @@ def test_along_path_exact_score_is_smooth_at_high_noise(tmp_path, one_thread):
     assert row["ratio"] < 1.0, row
     assert float(row["max |ΔD| high noise (first tenth)"]) < 0.05
     assert (tmp_path / "along.png").stat().st_size > 10_000
+
+
+def test_race_run_is_the_trained_field_clamped_at_T(tmp_path, one_thread):
+    """`benchmarks.solvers --race-runs`: a default-VP run becomes a float64 score on the race's slightly longer
+    horizon that equals the network at t ≤ 1 and the network at t = 1 beyond; other SDEs are refused in one line."""
+    from benchmarks.solvers import _race_run
+    from conftest import tiny
+    from scoresde.train import train
+
+    vp_run = train(tiny(tmp_path, "vp", steps=10), resume=False, progress=False)
+    score_for, shape = _race_run(str(vp_run))
+    assert shape == (2,)
+    model, _ = scoresde.load(vp_run)
+    model = model.double()
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    race_sde = scoresde.VPSDE(T=1.003)
+    s = score_for(race_sde)
+    t = torch.tensor([0.2, 0.5, 1.0, 1.002, 1.003], dtype=torch.float64)
+    got = s(x, t)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, model(x, t.clamp(max=1.0)))
+    assert not torch.allclose(got[:4], model(x, torch.full((5,), 0.5, dtype=torch.float64))[:4])  # t matters
+    ve_run = train(tiny(tmp_path, "ve", steps=10, sde="ve"), resume=False, progress=False)
+    with pytest.raises(SystemExit, match="default VP SDE"):
+        _race_run(str(ve_run))
