@@ -358,16 +358,11 @@ def _race_run(spec: str):
     `(score_for, event shape)`. The race's VP has the default β schedule on a horizon ~0.3% longer than T = 1
     (diffusers' λ at timestep 999); there the network is called at t = 1, so every solver and the reference
     integrate the same field. In float64, as the exact-score cases run."""
-    path, _, label = spec.partition(":")
-    model, sde = scoresde.load(path)
+    _, sde, score, shape = _trained_case(spec, torch.float64)
     if type(sde) is not scoresde.VPSDE or (sde.beta_min, sde.beta_max, sde.T) != (0.1, 20.0, 1.0):
         raise SystemExit(f"--race-runs {spec}: the race needs a run trained on the default VP SDE "
                          f"(beta 0.1-20, T = 1, diffusers' linear-β table), got {sde!r}")
-    model = model.double()
-    from scoresde.guidance import classifier_free
-
-    score = classifier_free(model, int(label), 1.0) if label else model
-    return (lambda race_sde: (lambda x, t: score(x, t.clamp(max=sde.T)))), tuple(model.event_shape)
+    return (lambda race_sde: (lambda x, t: score(x, t.clamp(max=sde.T)))), shape
 
 
 class _VPTable:
@@ -726,12 +721,14 @@ TRAINED_RECIPES = {
 TRAINED_NFES = (5, 6, 8, 10, 15, 20, 30)
 
 
-def _trained_case(spec: str):
-    """`RUN` or `RUN:K` (class K under classifier-free guidance, scale 1): (label, sde, score_fn, event shape)."""
+def _trained_case(spec: str, dtype: torch.dtype = torch.float32):
+    """`RUN` or `RUN:K` (class K under classifier-free guidance, scale 1): (label, sde, score_fn, event shape), the
+    network in `dtype`."""
     from scoresde.guidance import classifier_free
 
     path, _, label = spec.partition(":")
     model, sde = scoresde.load(path)
+    model = model.to(dtype)
     score = classifier_free(model, int(label), 1.0) if label else model
     return f"{path.rstrip('/').split('/')[-1]}{':y' + label if label else ''}", sde, score, tuple(model.event_shape)
 
@@ -919,11 +916,11 @@ def along_path(specs, out, steps=10) -> list:
             lo, hi = np.quantile(path.numpy(), [0.02, 0.98])
             pad = 0.25 * (hi - lo) + 1e-3
             ax.set_ylim(lo - pad, hi + pad)  # the high-noise blow-up of D runs off the top: its start is what shows
-            for solver, color, y in ((DPMSolver(), "C3", 0.02), (DPMSolver(method="auto"), "k", 0.08)):
+            for name_g, solver, color, y in (("default", DPMSolver(), "C3", 0.02), ("auto", DPMSolver(method="auto"), "k", 0.08)):
                 grid = solver.grid(sde, steps, eps, torch.zeros((), dtype=torch.float64))
                 gu = vp.t_from_half_log_snr(sde.half_log_snr(grid.to(torch.float64))) ** 0.4
                 ax.plot(gu.numpy(), np.full(len(gu), lo - pad + y * (hi - lo + 2 * pad)), "|", color=color, ms=8,
-                        label=f"{'auto' if solver._auto else 'default'} grid, {steps} steps")
+                        label=f"{name_g} grid, {steps} steps")
             ax.set_title(f"{label}\n{name}", fontsize=8)
             ax.invert_xaxis()
             ax.set_xlabel("VP t^0.4 at the same noise level (sampling runs right to left)", fontsize=7)
